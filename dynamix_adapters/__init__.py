@@ -1,13 +1,50 @@
 """DynaMix zero-shot forecasting for sktime and darts.
 
+The torch core (``forecast``, ``load_model``) needs neither sktime nor darts. The
+adapters ``DynaMixForecaster`` (sktime) and ``DynaMixModel`` (darts) import lazily,
+so each works without the other library installed.
+
 >>> import dynamix_adapters
 >>> "forecast" in dynamix_adapters.__all__
 True
 """
 
+from importlib import import_module
+
+from .config import ForecastConfig
 from .forecast import forecast
 from .model import Architecture, DynaMix
 from .weights import DEFAULT_MODEL, OFFICIAL_MODEL, known_models, load_model
 
-__all__ = ["DEFAULT_MODEL", "OFFICIAL_MODEL", "Architecture", "DynaMix", "forecast", "known_models", "load_model"]
+_ADAPTERS = {
+    "DynaMixForecaster": (".sktime_forecaster", "sktime", "sktime"),
+    "DynaMixModel": (".darts_model", "darts", "darts"),
+}
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "OFFICIAL_MODEL",
+    "Architecture",
+    "DynaMix",
+    "DynaMixForecaster",
+    "DynaMixModel",
+    "ForecastConfig",
+    "forecast",
+    "known_models",
+    "load_model",
+]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _ADAPTERS:
+        raise AttributeError(f"module 'dynamix_adapters' has no attribute {name!r}")
+    module, library, extra = _ADAPTERS[name]
+    try:
+        return getattr(import_module(module, __name__), name)
+    except ModuleNotFoundError as err:
+        if err.name != library:
+            raise
+        raise ImportError(
+            f"{name} needs {library}, which is not installed: pip install 'dynamix-adapters[{extra}]'"
+        ) from err
