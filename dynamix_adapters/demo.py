@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in prediction[:5]:
         print("   ", np.array2string(row, precision=3))
     path = _plot(context, truth, prediction, args.output)
-    print(f"  plot written to {path}")
+    print(f"  plots written to {path} and {path.with_name('lorenz63_attractor.png')}")
     return 0
 
 
@@ -55,26 +55,17 @@ def _plot(context: np.ndarray, truth: np.ndarray, prediction: np.ndarray, folder
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plotting import plot_attractor, plot_forecast
 
     folder.mkdir(parents=True, exist_ok=True)
-    fig = plt.figure(figsize=(12, 4.5))
-    series = fig.add_subplot(1, 2, 1)
-    steps = 600
-    series.plot(np.arange(-300, 0), context[-300:, 0], color="black", label="context")
-    series.plot(np.arange(steps), truth[:steps, 0], color="gray", label="truth")
-    series.plot(np.arange(steps), prediction[:steps, 0], color="tab:red", label="DynaMix")
-    series.set(xlabel="step", ylabel="x (standardized)", title="Lorenz-63: first 600 forecast steps")
-    series.legend()
-    attractor = fig.add_subplot(1, 2, 2, projection="3d")
-    attractor.plot(*truth.T, color="gray", lw=0.3, label="truth")
-    attractor.plot(*prediction.T, color="tab:red", lw=0.3, alpha=0.8, label="DynaMix")
-    attractor.set_title("attractor over 10,000 steps")
-    attractor.legend()
-    fig.tight_layout()
+    shown = 600
+    series = plot_forecast(
+        context[-300:, 0], prediction[:shown, 0], truth=truth[:shown, 0], title="Lorenz-63 x: first 600 forecast steps"
+    )
+    attractor = plot_attractor(truth, prediction, title=f"Lorenz-63 attractor over {HORIZON:,} steps")
     path = folder / "lorenz63_forecast.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    series.savefig(path, dpi=110)
+    attractor.savefig(folder / "lorenz63_attractor.png", dpi=110)
     return path
 
 

@@ -71,13 +71,17 @@ def power_spectrum_distance(true, generated, smoothing: float = 20.0) -> float:
         return float("nan")
     length = min(len(x_true), len(x_gen))
     distances = [
-        _hellinger(_spectrum(x_true[:length, d], smoothing), _spectrum(x_gen[:length, d], smoothing))
+        _hellinger(
+            normalized_power_spectrum(x_true[:length, d], smoothing),
+            normalized_power_spectrum(x_gen[:length, d], smoothing),
+        )
         for d in range(x_true.shape[1])
     ]
     return float(np.mean(distances))
 
 
-def _spectrum(x: np.ndarray, smoothing: float) -> np.ndarray:
+def normalized_power_spectrum(x: np.ndarray, smoothing: float = 20.0) -> np.ndarray:
+    """A 1-D series' z-scored power spectrum, Gaussian-smoothed and normalized to sum 1."""
     std = x.std()
     z = (x - x.mean()) / (std if std > 0 else 1.0)
     power = gaussian_filter1d(np.abs(np.fft.rfft(z)) ** 2, smoothing)
