@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,3 +218,63 @@ def save_model(model: DynaMix, path: str | os.PathLike) -> Path:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, path, metadata={k: str(v) for k, v in vars(model.arch).items()})
     return path
+
+
+TINY_ARCHITECTURE = Architecture(M=8, N=3, J=2, P=1)
+_tiny_checkpoints: dict[int, Path] = {}
+
+
+def tiny_test_checkpoint(seed: int = 0) -> Path:
+    """A tiny seeded random DynaMix saved as safetensors, for offline estimator checks.
+
+    The file lies under the temp directory and is written once per process (atomically,
+    so parallel test processes never read half a file). Its forecasts are meaningless;
+    it only lets ``model=<path>`` work without the official weights or a network.
+
+    Examples
+    --------
+    >>> from dynamix_adapters.weights import load_model, tiny_test_checkpoint
+    >>> load_model(tiny_test_checkpoint()).arch
+    Architecture(M=8, N=3, J=2, P=1)
+    """
+    with _cache_lock:
+        path = _tiny_checkpoints.get(seed)
+        if path is None or not path.is_file():
+            model = DynaMix(TINY_ARCHITECTURE)
+            model.reset_parameters(torch.Generator().manual_seed(seed))
+            path = Path(tempfile.gettempdir()) / f"dynamix-tiny-test-seed{seed}.safetensors"
+            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".safetensors", delete=False) as handle:
+                partial = Path(handle.name)
+            save_model(model, partial)
+            os.replace(partial, path)
+            _tiny_checkpoints[seed] = path
+    return path
+
+
+def describe_models() -> list[dict]:
+    """For each registered weight set: where it would load from now, without touching the network."""
+    rows = []
+    for entry in REGISTRY.values():
+        try:
+            path = _locate_offline(entry)
+        except ImportError:
+            path = None
+        location = (
+            str(path) if path else f"download from huggingface.co/{entry.repo_id}" if entry.repo_id else "missing"
+        )
+        rows.append(
+            {"name": entry.name, "available": path is not None, "location": location, "description": entry.description}
+        )
+    return rows
+
+
+def _locate_offline(entry: WeightSet) -> Path | None:
+    local_dir = os.environ.get(MODEL_DIR_ENV)
+    if local_dir and (Path(local_dir).expanduser() / entry.filename).is_file():
+        return Path(local_dir).expanduser() / entry.filename
+    if entry.repo_id is None:
+        return None
+    import huggingface_hub
+
+    cached = huggingface_hub.try_to_load_from_cache(entry.repo_id, entry.filename)
+    return Path(cached) if isinstance(cached, str) else None
