@@ -114,7 +114,10 @@ def read_table(path: Path, time_col: str | None, columns: str | None) -> tuple[p
             index = pd.DatetimeIndex(pd.to_datetime(frame.pop(time_col), format="mixed"))
         except (ValueError, TypeError) as err:
             raise UsageError(f"cannot parse time column {time_col!r} as dates: {err}") from None
-    chosen = [c.strip() for c in columns.split(",")] if columns else list(frame.columns)
+    if columns:
+        chosen = [c.strip() for c in columns.split(",")]
+    else:
+        chosen = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
     missing = [c for c in chosen if c not in frame.columns]
     if missing:
         raise UsageError(f"--columns names unknown columns {missing} (columns: {list(frame.columns)})")
