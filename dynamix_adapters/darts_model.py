@@ -1,0 +1,270 @@
+"""DynaMix as a darts ``LocalForecastingModel``.
+
+Importing this module registers :class:`DynaMixModel` as a darts safe global, so
+``DynaMixModel.load(path)`` works under darts' restricted unpickler without
+``trusted=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from numbers import Integral
+
+import numpy as np
+from darts import TimeSeries
+from darts.models.forecasting.forecasting_model import LocalForecastingModel
+from darts.utils.serialization import add_safe_globals
+
+from .config import ForecastConfig
+
+
+class DynaMixModel(LocalForecastingModel):
+    """Zero-shot DynaMix forecasts of dynamical systems as a darts model.
+
+    DynaMix is a pretrained foundation model: ``fit`` only stores the series, and
+    ``predict`` forecasts it, or any other series passed as ``series``, without
+    training. Uni- and multivariate series work; a list of series is forecast in one
+    batched model call (one per number of components). ``num_samples > 1`` returns
+    model sample paths, so ``quantile`` and darts' probabilistic metrics apply.
+
+    ``historical_forecasts`` and ``backtest`` accept ``retrain=False``, the fast path:
+    fit once (on any series), and every window is forecast from the history before it
+    by that one model, instead of a fresh model built and fitted per window. Each
+    window's forecast depends only on its history and the seed, so with a fixed
+    ``random_state`` ``retrain=True`` and ``retrain=False`` give the same forecasts.
+
+    The torch model is loaded lazily at fit through a per-process cache and is never
+    pickled: ``save``/``load`` store only the parameters and the training series.
+
+    Parameters
+    ----------
+    model : str or None
+        Registered weight-set name or path to a ``.safetensors``/``.bson`` file; None
+        means the default model. Resolved at fit, never at construction.
+    context_length : int or None
+        Forecast from only the last ``context_length`` observations; None uses the
+        whole series. Cost grows linearly with it.
+    preprocessing : str
+        Embedding for series with fewer components than the model has dims:
+        "pos_embedding", "delay_embedding", "delay_embedding_random" or "zero_embedding".
+    standardize : bool
+        Z-score each component over its context before forecasting.
+    nonstationary : bool
+        Remove a Box-Cox transform and a power-law trend, restored on output.
+    n_samples : int
+        Sample paths behind a "median" or "mean" point forecast. ``predict``'s
+        ``num_samples`` sets the count of returned paths instead.
+    point_forecast : str
+        What ``predict(num_samples=1)`` returns: "path" (one seeded model trajectory),
+        "median" or "mean" of ``n_samples`` paths.
+    random_state : int or None
+        Seed for all random draws; ``predict(random_state=...)`` overrides it. None
+        draws fresh randomness on every call.
+    device : str
+        torch device of the model.
+
+    Examples
+    --------
+    >>> from dynamix_adapters import DynaMixModel
+    >>> model = DynaMixModel(context_length=512, random_state=0)
+    >>> model.supports_probabilistic_prediction, model.supports_multivariate
+    (True, True)
+
+    With the official weights available:
+
+    >>> from darts.utils.timeseries_generation import sine_timeseries
+    >>> series = sine_timeseries(length=200, value_frequency=0.05)
+    >>> forecast = model.fit(series).predict(24)  # doctest: +SKIP
+    >>> paths = model.predict(24, num_samples=50)  # doctest: +SKIP
+    >>> paths.n_samples  # doctest: +SKIP
+    50
+    >>> backtests = model.historical_forecasts(series, start=0.8, forecast_horizon=12, retrain=False)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        context_length: int | None = None,
+        preprocessing: str = "pos_embedding",
+        standardize: bool = True,
+        nonstationary: bool = False,
+        n_samples: int = 100,
+        point_forecast: str = "path",
+        random_state: int | None = None,
+        device: str = "cpu",
+    ):
+        super().__init__(add_encoders=None)
+        self.model = model
+        self.context_length = context_length
+        self.preprocessing = preprocessing
+        self.standardize = standardize
+        self.nonstationary = nonstationary
+        self.n_samples = n_samples
+        self.point_forecast = point_forecast
+        self.random_state = random_state
+        self.device = device
+        # Bad options fail here already; the weights are resolved only at fit, because
+        # resolving a registered name may download.
+        ForecastConfig.from_params({**self.model_params, "model": None})
+        # Until a series is seen, assume a univariate one: it needs the longest context.
+        self._fit_components = 1
+
+    @property
+    def _config(self) -> ForecastConfig:
+        return ForecastConfig.from_params(self.model_params)
+
+    @property
+    def supports_multivariate(self) -> bool:
+        return True
+
+    @property
+    def supports_probabilistic_prediction(self) -> bool:
+        return True
+
+    @property
+    def supports_transferable_series_prediction(self) -> bool:
+        return True
+
+    @property
+    def _supports_non_retrainable_historical_forecasts(self) -> bool:
+        return True
+
+    @property
+    def _target_window_lengths(self) -> tuple[int, int]:
+        return self._config.min_context_length(self._fit_components), 0
+
+    def fit(
+        self,
+        series: TimeSeries,
+        past_covariates: TimeSeries | None = None,
+        future_covariates: TimeSeries | None = None,
+        verbose: bool | None = None,
+    ) -> DynaMixModel:
+        """Store ``series`` as the context to forecast; nothing is trained.
+
+        Parameters
+        ----------
+        series : TimeSeries
+            A deterministic series without NaN, uni- or multivariate.
+        past_covariates, future_covariates : None
+            Not supported: DynaMix forecasts from the target alone.
+        verbose : bool, optional
+            Unused; kept for darts' interface.
+        """
+        _reject_covariates(past_covariates, future_covariates)
+        _observed_values(series, "series")
+        self._fit_components = series.n_components
+        super().fit(series, verbose=verbose)
+        return self
+
+    def predict(
+        self,
+        n: int,
+        series: TimeSeries | Sequence[TimeSeries] | None = None,
+        past_covariates: TimeSeries | None = None,
+        future_covariates: TimeSeries | None = None,
+        num_samples: int = 1,
+        verbose: bool | None = None,
+        show_warnings: bool = True,
+        random_state: int | None = None,
+    ) -> TimeSeries | list[TimeSeries]:
+        """Forecast ``n`` steps after the end of the fitted series, or of ``series``.
+
+        Parameters
+        ----------
+        n : int
+            Forecast horizon, at least 1.
+        series : TimeSeries or list of TimeSeries, optional
+            Series to forecast zero-shot instead of the fitted one. A list is batched
+            through the model and returns a list.
+        past_covariates, future_covariates : None
+            Not supported: DynaMix forecasts from the target alone.
+        num_samples : int
+            1 returns the point forecast chosen by ``point_forecast``; more returns that
+            many model sample paths as a stochastic series.
+        verbose, show_warnings : bool
+            Unused; kept for darts' interface.
+        random_state : int, optional
+            Seed for this call, overriding the model's ``random_state``.
+
+        Returns
+        -------
+        TimeSeries or list of TimeSeries
+            Indexed after each input series, with its components and static covariates.
+        """
+        _reject_covariates(past_covariates, future_covariates)
+        if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}.")
+        if isinstance(num_samples, bool) or not isinstance(num_samples, Integral) or num_samples < 1:
+            raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}.")
+        super().predict(n, num_samples)
+        if series is None or isinstance(series, TimeSeries):
+            return self._forecast(
+                [self.training_series if series is None else series], n, num_samples, random_state, ["series"]
+            )[0]
+        if not isinstance(series, Sequence) or not series:
+            raise TypeError("series must be a TimeSeries or a non-empty list of TimeSeries.")
+        names = [f"series[{i}]" for i in range(len(series))]
+        return self._forecast(list(series), n, num_samples, random_state, names)
+
+    def _forecast(
+        self, inputs: list[TimeSeries], n: int, num_samples: int, random_state, names: list[str]
+    ) -> list[TimeSeries]:
+        config = self._config
+        contexts = [_observed_values(s, name) for s, name in zip(inputs, names, strict=True)]
+        for context, name in zip(contexts, names, strict=True):
+            needed = config.min_context_length(context.shape[1])
+            if len(context) < needed:
+                raise ValueError(
+                    f"{name} has {len(context)} time steps, but DynaMixModel with "
+                    f"preprocessing={config.preprocessing!r} needs at least {needed}. Pass a longer series."
+                )
+        # The core batches series of one width; its random streams depend on each series
+        # alone, so splitting by width changes no forecast.
+        by_width: dict[int, list[int]] = {}
+        for i, context in enumerate(contexts):
+            by_width.setdefault(context.shape[1], []).append(i)
+        values: list[np.ndarray] = [np.empty(0)] * len(inputs)
+        for members in by_width.values():
+            batch = [contexts[i] for i in members]
+            if num_samples == 1:
+                point, _ = config.predict(batch, n, random_state=random_state)  # (H, S, D)
+                for k, i in enumerate(members):
+                    values[i] = point[:, k, :]
+            else:
+                paths = config.sample(batch, n, num_samples, random_state)  # (P, H, S, D)
+                for k, i in enumerate(members):
+                    values[i] = paths[:, :, k, :].transpose(1, 2, 0)
+        return [self._build_forecast_series(v, input_series=s) for v, s in zip(values, inputs, strict=True)]
+
+
+def _reject_covariates(past_covariates, future_covariates) -> None:
+    for name, value in (("past_covariates", past_covariates), ("future_covariates", future_covariates)):
+        if value is not None:
+            raise ValueError(
+                f"DynaMixModel does not use {name}: it forecasts from the target series alone. "
+                f"Drop the {name} argument, or stack the covariates into the target as extra components."
+            )
+
+
+def _observed_values(series, name: str) -> np.ndarray:
+    """The (T, D) values of a deterministic, gap-free series, else a clear error."""
+    if not isinstance(series, TimeSeries):
+        raise TypeError(f"{name} must be a darts TimeSeries, got {type(series).__name__}.")
+    if not series.is_deterministic:
+        raise ValueError(
+            f"{name} is stochastic ({series.n_samples} samples), but DynaMix forecasts from one observed path. "
+            f"Pass a deterministic series, e.g. {name}.median()."
+        )
+    values = series.values(copy=False)
+    missing = np.isnan(values).any(axis=1)
+    if missing.any():
+        raise ValueError(
+            f"{name} contains NaN ({int(missing.sum())} time steps, first at {series.time_index[missing.argmax()]}). "
+            f"Fill the gaps first, e.g. with darts.utils.missing_values.fill_missing_values({name})."
+        )
+    return values
+
+
+# darts' restricted unpickler loads only allow-listed classes.
+add_safe_globals([DynaMixModel])
