@@ -9,6 +9,7 @@ gradients off; treat them as read-only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_DIR_ENV = "DYNAMIX_MODEL_DIR"
 HF_REPO = "DurstewitzLab/dynamix"
+PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class WeightSet:
 
 
 OFFICIAL_MODEL = "dynamix-3d-alrnn-v1.0"
+BUNDLED_MODEL = "dynamix-3d-adapters-v0.1"
 REGISTRY: dict[str, WeightSet] = {
     OFFICIAL_MODEL: WeightSet(
         name=OFFICIAL_MODEL,
@@ -51,6 +54,14 @@ REGISTRY: dict[str, WeightSet] = {
         repo_id=HF_REPO,
         architecture=Architecture(M=30, N=3, J=10, P=2),
         description="Official pretrained DynaMix (Hemmer & Durstewitz, NeurIPS 2025), 3-D ALRNN experts.",
+    ),
+    BUNDLED_MODEL: WeightSet(
+        name=BUNDLED_MODEL,
+        filename=f"{BUNDLED_MODEL}.safetensors",
+        config_filename=None,
+        repo_id=None,
+        architecture=Architecture(M=30, N=3, J=10, P=2),
+        description="Trained from scratch by dynamix_adapters.training; shipped inside the package (no network).",
     ),
 }
 DEFAULT_MODEL = OFFICIAL_MODEL
@@ -117,6 +128,9 @@ def _resolve_registered(entry: WeightSet) -> tuple[Path, Architecture]:
             return candidate, _architecture_from_config(candidate.parent / (entry.config_filename or ""), entry)
         logger.info("%s is set but %s is not in it; trying the Hugging Face cache", MODEL_DIR_ENV, entry.filename)
     if entry.repo_id is None:
+        bundled = PACKAGE_WEIGHTS_DIR / entry.filename
+        if bundled.is_file():
+            return bundled, entry.architecture
         raise FileNotFoundError(f"Weights {entry.filename} for {entry.name!r} are missing from the package.")
 
     import huggingface_hub
@@ -227,9 +241,10 @@ _tiny_checkpoints: dict[int, Path] = {}
 def tiny_test_checkpoint(seed: int = 0) -> Path:
     """A tiny seeded random DynaMix saved as safetensors, for offline estimator checks.
 
-    The file lies under the temp directory and is written once per process (atomically,
-    so parallel test processes never read half a file). Its forecasts are meaningless;
-    it only lets ``model=<path>`` work without the official weights or a network.
+    The file lies under the temp directory, named by a digest of its tensors, so processes
+    running different code never overwrite each other's file; it is written atomically,
+    so parallel processes never read half a file. Its forecasts are meaningless; it only
+    lets ``model=<path>`` work without the official weights or a network.
 
     Examples
     --------
@@ -242,11 +257,15 @@ def tiny_test_checkpoint(seed: int = 0) -> Path:
         if path is None or not path.is_file():
             model = DynaMix(TINY_ARCHITECTURE)
             model.reset_parameters(torch.Generator().manual_seed(seed))
-            path = Path(tempfile.gettempdir()) / f"dynamix-tiny-test-seed{seed}.safetensors"
-            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".safetensors", delete=False) as handle:
-                partial = Path(handle.name)
-            save_model(model, partial)
-            os.replace(partial, path)
+            digest = hashlib.blake2b(digest_size=8)
+            for key, value in sorted(model.state_dict().items()):
+                digest.update(key.encode() + value.numpy().tobytes())
+            path = Path(tempfile.gettempdir()) / f"dynamix-tiny-test-seed{seed}-{digest.hexdigest()}.safetensors"
+            if not path.is_file():
+                with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".safetensors", delete=False) as handle:
+                    partial = Path(handle.name)
+                save_model(model, partial)
+                os.replace(partial, path)
             _tiny_checkpoints[seed] = path
     return path
 
