@@ -1,0 +1,92 @@
+"""Reproducible pretraining of DynaMix on a dysts corpus, and export of the result as package weights.
+
+Run ``python -m dynamix_adapters.training --config <file.toml>`` (or ``dynamix-adapters train``);
+the shipped recipe is ``configs/dynamix-3d-adapters-v0.1.toml`` in this folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from importlib import resources
+from pathlib import Path
+
+from .corpus import HELD_OUT_SYSTEMS, CorpusConfig, build_corpus, training_systems, validation_systems
+from .trainer import Trainer, TrainingConfig
+
+__all__ = [
+    "HELD_OUT_SYSTEMS",
+    "CorpusConfig",
+    "Trainer",
+    "TrainingConfig",
+    "build_corpus",
+    "export_weights",
+    "main",
+    "shipped_config",
+    "training_systems",
+    "validation_systems",
+]
+
+SHIPPED_CONFIG = "dynamix-3d-adapters-v0.1.toml"
+PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+
+
+def shipped_config() -> Path:
+    """Path of the config that produced the bundled weights."""
+    return Path(str(resources.files(__package__) / "configs" / SHIPPED_CONFIG))
+
+
+def export_weights(weights: str | Path, destination: str | Path = PACKAGE_WEIGHTS_DIR) -> Path:
+    """Copy a trained ``.safetensors`` file into ``destination`` (default: the package's weights folder).
+
+    The file is re-read and re-validated first, so only a loadable weight set in the
+    official key layout is ever exported.
+    """
+    from ..weights import load_model, save_model
+
+    source = Path(weights)
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    return save_model(load_model(source), destination / source.name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dynamix-adapters train",
+        description="Train DynaMix from scratch on a dysts corpus (seeded and resumable).",
+    )
+    parser.add_argument("--config", required=True, type=Path, help="training config (TOML)")
+    parser.add_argument(
+        "--output", type=Path, help="run folder for checkpoints, log and weights (default: outputs/training/<name>)"
+    )
+    parser.add_argument("--cache-dir", type=Path, help="where the generated corpus is cached (default: <output>/cache)")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output")
+    parser.add_argument(
+        "--finalize",
+        nargs="?",
+        const=PACKAGE_WEIGHTS_DIR,
+        type=Path,
+        metavar="DIR",
+        help="after training, copy the weights into DIR (default: the package's weights folder)",
+    )
+    parser.add_argument(
+        "--until-epoch",
+        type=int,
+        metavar="E",
+        help="stop after epoch E with a checkpoint (continue later with --resume)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``dynamix-adapters train``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = TrainingConfig.from_toml(args.config)
+    output = args.output or Path("outputs") / "training" / config.name
+    trainer = Trainer(config, output, cache_dir=args.cache_dir)
+    weights = trainer.run(resume=args.resume, progress=not args.no_progress, until_epoch=args.until_epoch)
+    if weights is not None and args.finalize is not None:
+        logging.getLogger(__name__).info("exported %s", export_weights(weights, args.finalize))
+    return 0
