@@ -54,17 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the known weight sets and where each resolves from")
     models.set_defaults(handler=_models_command)
 
-    for name, module, text in (
-        ("train", ".training", "train DynaMix from scratch (see --config)"),
-        ("benchmark", ".benchmark", "run the benchmark suite"),
-    ):
-        sub = commands.add_parser(name, help=text, add_help=False)
-        sub.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed on; use '<command> --help'")
-        sub.set_defaults(handler=_delegate(module))
+    for name, (_, text) in DELEGATED.items():
+        commands.add_parser(name, help=f"{text} (see '{name} --help')", add_help=False)
     return parser
 
 
+# Commands with parsers of their own: everything after the command name goes to them untouched.
+DELEGATED = {
+    "train": (".training", "train DynaMix from scratch: train --config FILE [--resume]"),
+    "benchmark": (".benchmark", "run the benchmark suite: benchmark [--quick] [--output DIR]"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        return import_module(DELEGATED[argv[0]][0], __package__).main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -73,13 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError, TypeError, FileNotFoundError, ImportError, OSError) as err:
         print(f"dynamix-adapters {args.command}: error: {err}", file=sys.stderr)
         return 2
-
-
-def _delegate(module: str):
-    def run(args) -> int:
-        return import_module(module, __package__).main(args.args)
-
-    return run
 
 
 def _models_command(args) -> int:

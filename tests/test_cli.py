@@ -108,3 +108,10 @@ def test_future_index_continues_the_frequency():
     index = pd.date_range("2020-01-01", periods=5, freq="h")
     assert list(future_index(index, 2)) == list(pd.date_range("2020-01-01 05:00", periods=2, freq="h"))
     assert list(future_index(pd.RangeIndex(4), 2)) == [4, 5]
+
+
+def test_train_arguments_reach_the_training_parser(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+    assert "--config" in capsys.readouterr().out
