@@ -18,14 +18,23 @@ $(VENV)/.dev-installed: $(PY) pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-.PHONY: demo test lint
+.PHONY: demo test docs lint
+# The official weights, where ../shared has them; the main job itself needs only the bundled ones.
+export DYNAMIX_MODEL_DIR ?= $(SHARED_MODELS)
+export NO_MKDOCS_2_WARNING := 1
+
 demo: $(VENV)/.demo-installed
-	DYNAMIX_MODEL_DIR=$${DYNAMIX_MODEL_DIR:-$(SHARED_MODELS)} $(PY) -m dynamix_adapters.demo
+	$(PY) -m dynamix_adapters.demo
 
 test: $(VENV)/.dev-installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest
+	$(PY) -m pytest --nbmake notebooks -p no:cacheprovider
+	$(PY) -m mkdocs build --strict --quiet -f scripts/mkdocs.yml
+
+docs: $(VENV)/.dev-installed
+	$(PY) -m mkdocs build --strict -f scripts/mkdocs.yml
 
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check --fix .
