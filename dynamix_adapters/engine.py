@@ -5,13 +5,27 @@ Inputs live in the model's space: preprocessed contexts (U, T, N) for U units
 to a common T), and B trajectories, each tied to a unit and started from an
 observation x0. Trajectories beyond U are extra Monte-Carlo sample paths.
 
+Two backends compute the same recurrence: "numba" (``fast_rollout``, compiled, the
+default on CPU; it splits trajectories over ``torch.get_num_threads()`` threads) and
+"torch" (``DynaMix.step`` once per step: the reference, and the choice for models on
+a GPU or where numba does not import).
+
 Gating noise comes from one numpy Generator per trajectory, drawn in chunks of
 steps. A trajectory's noise depends only on its own stream, never on the batch it
 runs in, and drawing k then l steps yields the same numbers as one k + l draw, so
 every backend sees identical noise for the same seeds.
+
+>>> import numpy as np
+>>> from dynamix_adapters.model import Architecture, DynaMix
+>>> net = DynaMix(Architecture(M=8, N=3, J=2, P=1))
+>>> select_backend("auto", net)
+'numba'
 """
 
 from __future__ import annotations
+
+import functools
+import warnings
 
 import numpy as np
 import torch
@@ -19,29 +33,56 @@ import torch
 from .model import DynaMix
 
 NOISE_CHUNK_STEPS = 1024
-BACKENDS = ("torch",)
+BACKENDS = ("numba", "torch")
 
 
 class DivergenceError(ValueError):
     """A rollout left the finite range."""
 
 
-def noise_chunks(streams: list[np.random.Generator], horizon: int, dims: int):
-    """Yield standard normal noise blocks (k, B, N) covering ``horizon`` steps, one stream per trajectory."""
+def noise_blocks(streams: list[np.random.Generator], horizon: int, dims: int):
+    """Yield standard normal noise blocks (B, k, N) covering ``horizon`` steps; stream b fills row b in place."""
     for start in range(0, horizon, NOISE_CHUNK_STEPS):
-        steps = min(NOISE_CHUNK_STEPS, horizon - start)
-        block = np.empty((steps, len(streams), dims), dtype=np.float32)
-        for b, stream in enumerate(streams):
-            block[:, b, :] = stream.standard_normal((steps, dims), dtype=np.float32)
+        block = np.empty((len(streams), min(NOISE_CHUNK_STEPS, horizon - start), dims), dtype=np.float32)
+        for stream, rows in zip(streams, block, strict=True):
+            stream.standard_normal(dtype=np.float32, out=rows)
         yield block
 
 
+def noise_chunks(streams: list[np.random.Generator], horizon: int, dims: int):
+    """The same noise as ``noise_blocks``, step-major: blocks (k, B, N)."""
+    for block in noise_blocks(streams, horizon, dims):
+        yield block.transpose(1, 0, 2)
+
+
 def check_backend(backend: str) -> str:
-    if backend == "auto":
-        return BACKENDS[-1]
-    if backend not in BACKENDS:
+    """Validate a backend name ("auto" or one of ``BACKENDS``) and return it."""
+    if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; choose 'auto' or one of {', '.join(BACKENDS)}.")
     return backend
+
+
+def select_backend(backend: str, model: DynaMix) -> str:
+    """The backend a rollout uses: "auto" means numba for a CPU model (if numba imports), else torch."""
+    if check_backend(backend) != "auto":
+        return backend
+    if model.B.device.type != "cpu":
+        return "torch"
+    problem = numba_import_error()
+    if problem is None:
+        return "numba"
+    warnings.warn(f"numba does not import ({problem}); using the much slower torch rollout.", stacklevel=3)
+    return "torch"
+
+
+@functools.cache
+def numba_import_error() -> str | None:
+    """Why numba cannot be imported (e.g. a numpy it does not support yet), or None if it can."""
+    try:
+        import numba  # noqa: F401
+    except ImportError as err:
+        return str(err)
+    return None
 
 
 def rollout(
@@ -55,8 +96,26 @@ def rollout(
     backend: str = "auto",
 ) -> np.ndarray:
     """Return the observed dims of every trajectory for steps 1..H, shaped (H, B, N)."""
-    check_backend(backend)
+    _check_rollout_inputs(model, context, valid_from, x0, unit, streams)
+    if select_backend(backend, model) == "numba":
+        from .fast_rollout import rollout_compiled  # numba loads only when first used
+
+        return rollout_compiled(model, context, valid_from, x0, unit, horizon, streams)
     return _rollout_torch(model, context, valid_from, x0, unit, horizon, streams)
+
+
+def _check_rollout_inputs(model, context, valid_from, x0, unit, streams) -> None:
+    n = model.arch.N
+    if np.ndim(context) != 3 or context.shape[2] != n or context.shape[1] < 2:
+        raise ValueError(f"context must be (U, T >= 2, {n}), got shape {np.shape(context)}.")
+    n_units, length = context.shape[:2]
+    starts = np.asarray(valid_from)
+    if starts.shape != (n_units,) or np.any(starts < 0) or np.any(starts > length - 2):
+        raise ValueError(f"valid_from must hold {n_units} indices in [0, {length - 2}] (one key frame at least).")
+    if np.shape(x0) != (len(unit), n) or len(streams) != len(unit):
+        raise ValueError(f"x0 must be (B, {n}) and streams of length B for B = {len(unit)} trajectories.")
+    if len(unit) and (np.min(unit) < 0 or np.max(unit) >= n_units):
+        raise ValueError(f"unit indices must lie in [0, {n_units - 1}].")
 
 
 @torch.no_grad()

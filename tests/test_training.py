@@ -35,7 +35,7 @@ TINY = {
     "seed": 3,
     "architecture": {"M": 8, "J": 2, "P": 1},
     "corpus": {
-        "systems": ["SprottA", "Chen"],
+        "systems": ["SprottA", "Bouali"],
         "trajectories_per_system": 2,
         "context_length": 40,
         "training_length": 60,
@@ -109,7 +109,7 @@ def test_corpus_splits_context_from_training_segment(tiny_config, corpus_cache):
     assert corpus.sequences.shape == (4, 60, 3)
     assert corpus.validation_contexts.shape == (3, 40, 3)
     assert corpus.validation_targets.shape == (3, 30, 3)
-    assert sorted(set(corpus.systems)) == ["Chen", "SprottA"]
+    assert sorted(set(corpus.systems)) == ["Bouali", "SprottA"]
     # The context segment and the training segment are consecutive pieces of one standardized trajectory.
     whole = np.concatenate([corpus.contexts, corpus.sequences], axis=1)
     np.testing.assert_allclose(whole.mean(axis=1), 0.0, atol=1e-5)
@@ -243,7 +243,7 @@ def test_command_trains_and_exports_loadable_weights(tmp_path, corpus_cache):
     config_file = tmp_path / "tiny.toml"
     config_file.write_text(
         'name = "tiny"\nseed = 3\n[architecture]\nM = 8\nJ = 2\nP = 1\n[corpus]\n'
-        'systems = ["SprottA", "Chen"]\ntrajectories_per_system = 2\ncontext_length = 40\ntraining_length = 60\n'
+        'systems = ["SprottA", "Bouali"]\ntrajectories_per_system = 2\ncontext_length = 40\ntraining_length = 60\n'
         "transient_periods = 2.0\npoints_per_period = [20, 40]\nvalidation_context_length = 40\n"
         "validation_horizon = 30\nworkers = 1\n[training]\nepochs = 4\nbatches_per_epoch = 3\nbatch_size = 4\n"
         "sequence_length = 21\nvalidate_every = 2\ncheckpoint_every = 1\n"
