@@ -92,14 +92,33 @@ class ForecastConfig:
         """Shortest history this configuration can forecast from."""
         return min_context_length(self.preprocessing, n_dims, self.load().arch.N)
 
+    def check_lengths(self, lengths: list[int], n_dims: int, names: list[str]) -> None:
+        """Raise a ValueError naming the first series too short to forecast with this configuration."""
+        needed = self.min_context_length(n_dims)
+        if self.context_length is not None and self.context_length < needed:
+            raise ValueError(
+                f"context_length={self.context_length} is shorter than the {needed} observations that "
+                f"preprocessing={self.preprocessing!r} needs for {n_dims}-dim series; "
+                f"raise context_length to at least {needed}."
+            )
+        for length, name in zip(lengths, names, strict=True):
+            if length < needed:
+                alternative = ", or preprocessing='pos_embedding', which needs 2" if needed > 2 else ""
+                raise ValueError(
+                    f"DynaMix needs at least {needed} observations per series with "
+                    f"preprocessing={self.preprocessing!r}, but {name} has {length}. "
+                    f"Pass a longer history{alternative}."
+                )
+
     def trim(self, series: np.ndarray) -> np.ndarray:
         return series if self.context_length is None else series[-self.context_length :]
 
-    def sample(self, contexts, horizon: int, n_samples: int | None, random_state=None) -> np.ndarray:
+    def sample(self, contexts, horizon: int, n_samples: int | None, random_state=None, names=None) -> np.ndarray:
         """Forecast sample paths for a list of (T_s, D) contexts: (n_paths, H, S, D).
 
         With ``point_forecast="path"`` and ``n_samples=None`` one path is drawn. All
-        paths of all series go through the model in one batched rollout.
+        paths of all series go through the model in one batched rollout. ``names``
+        label the series in divergence errors.
         """
         series, _ = as_series_list(list(contexts))
         return forecast_paths(
@@ -112,14 +131,15 @@ class ForecastConfig:
             nonstationary=self.nonstationary,
             initial_x=None,
             random_state=self.random_state if random_state is None else random_state,
+            names=names,
         )
 
-    def predict(self, contexts, horizon: int, with_samples: bool = False, random_state=None):
+    def predict(self, contexts, horizon: int, with_samples: bool = False, random_state=None, names=None):
         """Point forecast (H, S, D) and, if asked, the sample paths (n_samples, H, S, D)."""
         if self.point_forecast == "path" and not with_samples:
-            return self.sample(contexts, horizon, None, random_state)[0], None
+            return self.sample(contexts, horizon, None, random_state, names)[0], None
         extra = 1 if self.point_forecast == "path" else 0
-        paths = self.sample(contexts, horizon, self.n_samples + extra, random_state)
+        paths = self.sample(contexts, horizon, self.n_samples + extra, random_state, names)
         samples = paths[extra:]
         if self.point_forecast == "path":
             point = paths[0]

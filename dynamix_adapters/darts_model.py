@@ -213,12 +213,7 @@ class DynaMixModel(LocalForecastingModel):
         config = self._config
         contexts = [_observed_values(s, name) for s, name in zip(inputs, names, strict=True)]
         for context, name in zip(contexts, names, strict=True):
-            needed = config.min_context_length(context.shape[1])
-            if len(context) < needed:
-                raise ValueError(
-                    f"{name} has {len(context)} time steps, but DynaMixModel with "
-                    f"preprocessing={config.preprocessing!r} needs at least {needed}. Pass a longer series."
-                )
+            config.check_lengths([len(context)], context.shape[1], [name])
         # The core batches series of one width; its random streams depend on each series
         # alone, so splitting by width changes no forecast.
         by_width: dict[int, list[int]] = {}
@@ -227,12 +222,13 @@ class DynaMixModel(LocalForecastingModel):
         values: list[np.ndarray] = [np.empty(0)] * len(inputs)
         for members in by_width.values():
             batch = [contexts[i] for i in members]
+            labels = [names[i] for i in members]
             if num_samples == 1:
-                point, _ = config.predict(batch, n, random_state=random_state)  # (H, S, D)
+                point, _ = config.predict(batch, n, random_state=random_state, names=labels)  # (H, S, D)
                 for k, i in enumerate(members):
                     values[i] = point[:, k, :]
             else:
-                paths = config.sample(batch, n, num_samples, random_state)  # (P, H, S, D)
+                paths = config.sample(batch, n, num_samples, random_state, labels)  # (P, H, S, D)
                 for k, i in enumerate(members):
                     values[i] = paths[:, :, k, :].transpose(1, 2, 0)
         return [self._build_forecast_series(v, input_series=s) for v, s in zip(values, inputs, strict=True)]

@@ -167,12 +167,14 @@ class DynaMixForecaster(BaseForecaster):
 
     def _predict(self, fh, X=None):
         steps, index = self._horizon(fh)
-        point, _ = self._forecast_config.predict(self._contexts(), int(steps.max()))
+        point, _ = self._forecast_config.predict(self._contexts(), int(steps.max()), names=self._labels())
         return self._frame(point, steps, index, self._columns)
 
     def _predict_quantiles(self, fh, X, alpha):
         steps, index = self._horizon(fh)
-        _, samples = self._forecast_config.predict(self._contexts(), int(steps.max()), with_samples=True)
+        _, samples = self._forecast_config.predict(
+            self._contexts(), int(steps.max()), with_samples=True, names=self._labels()
+        )
         quantiles = np.quantile(samples, alpha, axis=0)  # (A, H, S, D)
         # Columns are (variable, alpha) with alpha varying fastest.
         values = quantiles.transpose(1, 2, 3, 0).reshape(*quantiles.shape[1:3], -1)
@@ -180,11 +182,19 @@ class DynaMixForecaster(BaseForecaster):
 
     def _predict_var(self, fh, X=None, cov=False):
         steps, index = self._horizon(fh)
-        _, samples = self._forecast_config.predict(self._contexts(), int(steps.max()), with_samples=True)
+        _, samples = self._forecast_config.predict(
+            self._contexts(), int(steps.max()), with_samples=True, names=self._labels()
+        )
         return self._frame(samples.var(axis=0), steps, index, self._columns)
 
     def _contexts(self) -> list[np.ndarray]:
         return [frame.to_numpy(dtype=np.float64) for frame in self._series]
+
+    def _labels(self) -> list[str]:
+        """How errors name each series: y itself, or a panel instance by its key."""
+        if self._instances is None:
+            return ["y"]
+        return [f"series {key[0] if len(key) == 1 else key!r}" for key in self._instances]
 
     def _horizon(self, fh):
         """Steps ahead (S, F) of each series for fh, and the forecast index."""
@@ -216,23 +226,8 @@ class DynaMixForecaster(BaseForecaster):
                 self._set_cutoff(pd.DatetimeIndex(self.cutoff, freq=freqs.pop()))
 
     def _check_lengths(self, instances: list[tuple] | None, series: list[pd.DataFrame]) -> None:
-        config = self._forecast_config
-        needed = config.min_context_length(len(self._columns))
-        if config.context_length is not None and config.context_length < needed:
-            raise ValueError(
-                f"context_length={config.context_length} is shorter than the {needed} observations that "
-                f"preprocessing={config.preprocessing!r} needs for {len(self._columns)}-dim series; "
-                f"raise context_length to at least {needed}."
-            )
-        for s, frame in enumerate(series):
-            if len(frame) < needed:
-                which = "y" if instances is None else f"series {instances[s]} of y"
-                alternative = ", or preprocessing='pos_embedding', which needs 2" if needed > 2 else ""
-                raise ValueError(
-                    f"{type(self).__name__} needs at least {needed} observations per series with "
-                    f"preprocessing={config.preprocessing!r}, but {which} has {len(frame)}. "
-                    f"Pass a longer history{alternative}."
-                )
+        names = ["y"] if instances is None else [f"series {key} of y" for key in instances]
+        self._forecast_config.check_lengths([len(frame) for frame in series], len(self._columns), names)
 
     @classmethod
     def get_test_params(cls, parameter_set="default"):

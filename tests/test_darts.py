@@ -274,7 +274,7 @@ def with_gap(series: TimeSeries) -> TimeSeries:
             r"series\[1\] contains NaN",
         ),
         (lambda m: m.fit(sine(1)), ValueError, "requires at least 2"),
-        (lambda m: m.fit(sine()).predict(3, series=sine(1)), ValueError, "has 1 time steps.*at least 2"),
+        (lambda m: m.fit(sine()).predict(3, series=sine(1)), ValueError, "at least 2 observations.*series has 1"),
         (lambda m: m.fit(sine(), past_covariates=sine()), ValueError, "does not use past_covariates"),
         (lambda m: m.fit(sine()).predict(3, future_covariates=sine()), ValueError, "does not use future_covariates"),
         (lambda m: m.historical_forecasts(sine(), past_covariates=sine()), ValueError, "past_covariates"),
