@@ -17,7 +17,7 @@ import numpy as np
 from .forecast import forecast
 from .metrics import mase, power_spectrum_distance, state_space_divergence
 from .systems import lorenz63_trajectory
-from .weights import DEFAULT_MODEL, load_model
+from .weights import DEFAULT_MODEL, describe_models, load_model
 
 CONTEXT, HORIZON = 2000, 10_000
 
@@ -40,15 +40,23 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"DynaMix ({args.model}) zero-shot forecast of Lorenz-63: context {CONTEXT}, horizon {HORIZON}")
     print(f"  forecast time       {elapsed:.2f} s")
-    print(f"  D_stsp (geometry)   {state_space_divergence(truth, prediction):.3f}")
-    print(f"  D_H (power spectra) {power_spectrum_distance(truth, prediction):.3f}")
-    print(f"  MASE (10 steps)     {mase(truth, prediction):.3f}")
+    _print_scores(truth, prediction)
     print("  first 5 forecast steps (x, y, z):")
     for row in prediction[:5]:
         print("   ", np.array2string(row, precision=3))
     path = _plot(context, truth, prediction, args.output)
     print(f"  plots written to {path} and {path.with_name('lorenz63_attractor.png')}")
+    others = [row["name"] for row in describe_models() if row["available"] and row["name"] != args.model]
+    for name in others:
+        print(f"For comparison, {name} on the same context and seed:")
+        _print_scores(truth, forecast(name, context, HORIZON, random_state=args.seed))
     return 0
+
+
+def _print_scores(truth: np.ndarray, prediction: np.ndarray) -> None:
+    print(f"  D_stsp (geometry)   {state_space_divergence(truth, prediction):.3f}")
+    print(f"  D_H (power spectra) {power_spectrum_distance(truth, prediction):.3f}")
+    print(f"  MASE (10 steps)     {mase(truth, prediction):.3f}")
 
 
 def _plot(context: np.ndarray, truth: np.ndarray, prediction: np.ndarray, folder: Path) -> Path:

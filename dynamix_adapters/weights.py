@@ -64,7 +64,7 @@ REGISTRY: dict[str, WeightSet] = {
         description="Trained from scratch by dynamix_adapters.training; shipped inside the package (no network).",
     ),
 }
-DEFAULT_MODEL = OFFICIAL_MODEL
+DEFAULT_MODEL = BUNDLED_MODEL
 
 _cache: dict[tuple[str, int, str], DynaMix] = {}
 _cache_lock = threading.Lock()
@@ -126,7 +126,7 @@ def _resolve_registered(entry: WeightSet) -> tuple[Path, Architecture]:
         candidate = Path(local_dir).expanduser() / entry.filename
         if candidate.is_file():
             return candidate, _architecture_from_config(candidate.parent / (entry.config_filename or ""), entry)
-        logger.info("%s is set but %s is not in it; trying the Hugging Face cache", MODEL_DIR_ENV, entry.filename)
+        logger.info("%s is set but %s is not in it; looking elsewhere", MODEL_DIR_ENV, entry.filename)
     if entry.repo_id is None:
         bundled = PACKAGE_WEIGHTS_DIR / entry.filename
         if bundled.is_file():
@@ -292,7 +292,8 @@ def _locate_offline(entry: WeightSet) -> Path | None:
     if local_dir and (Path(local_dir).expanduser() / entry.filename).is_file():
         return Path(local_dir).expanduser() / entry.filename
     if entry.repo_id is None:
-        return None
+        bundled = PACKAGE_WEIGHTS_DIR / entry.filename
+        return bundled if bundled.is_file() else None
     import huggingface_hub
 
     cached = huggingface_hub.try_to_load_from_cache(entry.repo_id, entry.filename)
