@@ -15,13 +15,18 @@ identity observation model's are ``B, b, use_bias, L``.
 
 from __future__ import annotations
 
+import itertools
+import math
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 MAX_DEPTH = 64
 MAX_FILE_BYTES = 256 * 1024 * 1024
+# The official checkpoint has under 800 elements; the cap bounds the Python objects a hostile file can make.
+MAX_ELEMENTS = 100_000
 JULIA_DTYPES = {"Float32": "<f4", "Float64": "<f8", "Int64": "<i8", "Int32": "<i4"}
 
 
@@ -31,13 +36,13 @@ class CheckpointError(ValueError):
 
 def read_bson(data: bytes) -> dict:
     """Parse one BSON document into plain Python values (binary stays ``bytes``)."""
-    document, end = _read_document(memoryview(data), 0, depth=0)
+    document, end = _read_document(bytes(data), 0, 0, itertools.count())
     if end != len(data):
         raise CheckpointError(f"BSON: {len(data) - end} trailing bytes after the document")
     return document
 
 
-def _read_document(buf: memoryview, pos: int, depth: int) -> tuple[dict, int]:
+def _read_document(buf: bytes, pos: int, depth: int, elements: Iterator[int]) -> tuple[dict, int]:
     if depth > MAX_DEPTH:
         raise CheckpointError("BSON: documents nested too deeply")
     size = _unpack("<i", buf, pos)
@@ -49,16 +54,18 @@ def _read_document(buf: memoryview, pos: int, depth: int) -> tuple[dict, int]:
     pos += 4
     out: dict = {}
     while pos < end - 1:
+        if next(elements) >= MAX_ELEMENTS:
+            raise CheckpointError(f"BSON: more than {MAX_ELEMENTS} elements, far more than any DynaMix checkpoint")
         kind = buf[pos]
         key, pos = _read_cstring(buf, pos + 1, end)
-        value, pos = _read_value(kind, buf, pos, end, depth)
+        value, pos = _read_value(kind, buf, pos, end, depth, elements)
         out[key] = value
     if pos != end - 1:
         raise CheckpointError(f"BSON: element overruns its document at byte {pos}")
     return out, end
 
 
-def _read_value(kind: int, buf: memoryview, pos: int, end: int, depth: int):
+def _read_value(kind: int, buf: bytes, pos: int, end: int, depth: int, elements: Iterator[int]):
     if kind == 0x01:
         return _unpack("<d", buf, pos), pos + 8
     if kind == 0x02:
@@ -68,7 +75,7 @@ def _read_value(kind: int, buf: memoryview, pos: int, end: int, depth: int):
             raise CheckpointError(f"BSON: bad string length {length} at byte {pos}")
         return _decode(buf[pos + 4 : stop - 1]), stop
     if kind in (0x03, 0x04):
-        document, stop = _read_document(buf, pos, depth + 1)
+        document, stop = _read_document(buf, pos, depth + 1, elements)
         if stop > end:
             raise CheckpointError(f"BSON: nested document overruns its parent at byte {pos}")
         return (list(document.values()) if kind == 0x04 else document), stop
@@ -77,7 +84,7 @@ def _read_value(kind: int, buf: memoryview, pos: int, end: int, depth: int):
         stop = pos + 5 + length
         if length < 0 or stop > end:
             raise CheckpointError(f"BSON: binary of {length} bytes at byte {pos} overruns the file")
-        return bytes(buf[pos + 5 : stop]), stop
+        return buf[pos + 5 : stop], stop
     if kind == 0x08:
         if pos >= end:
             raise CheckpointError("BSON: truncated boolean")
@@ -91,44 +98,48 @@ def _read_value(kind: int, buf: memoryview, pos: int, end: int, depth: int):
     raise CheckpointError(f"BSON: unsupported element type 0x{kind:02x} at byte {pos}")
 
 
-def _read_cstring(buf: memoryview, pos: int, end: int) -> tuple[str, int]:
-    stop = pos
-    while stop < end and buf[stop] != 0:
-        stop += 1
-    if stop >= end:
+def _read_cstring(buf: bytes, pos: int, end: int) -> tuple[str, int]:
+    stop = buf.find(0, pos, end)
+    if stop < 0:
         raise CheckpointError(f"BSON: unterminated key at byte {pos}")
     return _decode(buf[pos:stop]), stop + 1
 
 
-def _decode(raw: memoryview) -> str:
+def _decode(raw: bytes) -> str:
     try:
-        return bytes(raw).decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise CheckpointError(f"BSON: invalid UTF-8 text ({err})") from None
 
 
-def _unpack(fmt: str, buf: memoryview, pos: int):
+def _unpack(fmt: str, buf: bytes, pos: int):
     try:
         return struct.unpack_from(fmt, buf, pos)[0]
     except struct.error:
         raise CheckpointError(f"BSON: file truncated at byte {pos}") from None
 
 
-def _array(node, name: str) -> np.ndarray:
+def _array(node, name: str, ndim: int | None = None) -> np.ndarray:
+    """An array node as float32; ``ndim`` where the reader itself indexes its shape."""
     if not isinstance(node, dict) or node.get("tag") != "array":
         raise CheckpointError(f"BSON checkpoint: field {name!r} is not an array")
     size = node.get("size")
-    if not isinstance(size, list) or not all(isinstance(n, int) and 0 <= n < 2**31 for n in size):
+    if not isinstance(size, list) or not all(type(n) is int and 0 <= n < 2**31 for n in size):  # bool is no size
         raise CheckpointError(f"BSON checkpoint: field {name!r} has an invalid size {size!r}")
+    if ndim is not None and len(size) != ndim:
+        raise CheckpointError(f"BSON checkpoint: field {name!r} has size {size}, expected {ndim} dims")
     type_name = _type_name(node.get("type"))
     if type_name not in JULIA_DTYPES:
         raise CheckpointError(f"BSON checkpoint: field {name!r} has unsupported element type {type_name!r}")
     dtype = np.dtype(JULIA_DTYPES[type_name])
     data = node.get("data")
-    count = int(np.prod(size, dtype=np.int64))
+    count = math.prod(size)  # exact: an int64 product of hostile sizes could wrap around
     if not isinstance(data, bytes) or len(data) != count * dtype.itemsize:
         raise CheckpointError(f"BSON checkpoint: field {name!r} holds the wrong number of bytes for size {size}")
-    return np.frombuffer(data, dtype=dtype).reshape(size, order="F").astype(np.float32)
+    try:
+        return np.frombuffer(data, dtype=dtype).reshape(size, order="F").astype(np.float32)
+    except ValueError as err:  # e.g. an empty array whose other dims overflow numpy's size limit
+        raise CheckpointError(f"BSON checkpoint: field {name!r} has an invalid size {size!r} ({err})") from None
 
 
 def _type_name(node) -> str | None:
@@ -145,10 +156,10 @@ def _fields(node, name: str, count: int) -> list:
     return node["data"]
 
 
-def _array_list(node, name: str) -> list[np.ndarray]:
+def _array_list(node, name: str, ndim: int | None = None) -> list[np.ndarray]:
     if not isinstance(node, list) or not node:
         raise CheckpointError(f"BSON checkpoint: field {name!r} is not a list of arrays")
-    return [_array(item, f"{name}[{j}]") for j, item in enumerate(node)]
+    return [_array(item, f"{name}[{j}]", ndim) for j, item in enumerate(node)]
 
 
 def load_julia_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, int]]:
@@ -175,13 +186,13 @@ def load_julia_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict
     conv_fields = _fields(conv, "gating_network.conv", 3)
     l_matrix = _fields(models[1], "observation model", 4)[3]
 
-    a_arrays = _array_list(a_list, "A_MoE")
+    a_arrays = _array_list(a_list, "A_MoE", ndim=1)
     w_arrays = _array_list(w_list, "W_MoE")
     h_arrays = _array_list(h_list, "h_MoE")
     if not (len(a_arrays) == len(w_arrays) == len(h_arrays)):
         raise CheckpointError(f"{path}: expert lists A, W, h have different lengths")
     for value, name in ((n_obs, "N"), (n_experts, "Experts"), (n_relu, "P")):
-        if not isinstance(value, int):
+        if type(value) is not int:
             raise CheckpointError(f"{path}: field {name!r} is not an integer")
 
     state: dict[str, np.ndarray] = {}
@@ -197,8 +208,8 @@ def load_julia_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict
     state["gating_network.conv.bias"] = _array(conv_fields[2], "conv.bias")
     state["gating_network.softmax_temp1"] = _array(temp1, "softmax_temp1")
     state["gating_network.D"] = _array(d_matrix, "D")
-    layer1 = _array(mlp1, "mlp_layer1")
-    layer2 = _array(mlp2, "mlp_layer2")
+    layer1 = _array(mlp1, "mlp_layer1", ndim=2)
+    layer2 = _array(mlp2, "mlp_layer2", ndim=2)
     state["gating_network.mlp_layer1.weight"] = layer1
     state["gating_network.mlp_layer1.bias"] = np.zeros(layer1.shape[0], np.float32)
     state["gating_network.mlp_layer2.weight"] = layer2
@@ -208,6 +219,11 @@ def load_julia_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict
     l_array = _array(l_matrix, "L")  # (M - N, N): z0[N:] = L x
     if l_array.ndim != 2 or l_array.shape[1] != n_obs:
         raise CheckpointError(f"{path}: observation model L has shape {l_array.shape}, expected (M - {n_obs}, {n_obs})")
+    # D holds N * M numbers of the file, so it bounds the N x N identity built next.
+    latent = n_obs + l_array.shape[0]
+    d_shape = state["gating_network.D"].shape
+    if n_obs < 1 or d_shape != (n_obs, latent):
+        raise CheckpointError(f"{path}: D has shape {d_shape}, expected (N, M) = {(n_obs, latent)} from N and L")
     state["B"] = np.concatenate([np.eye(n_obs, dtype=np.float32), l_array.T], axis=1)
     architecture = {"M": int(a_arrays[0].shape[0]), "N": n_obs, "J": len(a_arrays), "P": n_relu}
     return state, architecture

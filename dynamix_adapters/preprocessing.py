@@ -49,8 +49,11 @@ class Scaler:
     @classmethod
     def fit(cls, x: np.ndarray, enabled: bool = True) -> Scaler:
         d = x.shape[1]
-        std = x.std(axis=0)
-        constant = std <= STD_FLOOR * np.maximum(1.0, np.abs(x).max(axis=0))
+        magnitude = np.abs(x).max(axis=0)
+        unit = np.where(magnitude > 0, magnitude, 1.0)
+        std = (x / unit).std(axis=0) * unit  # squaring values beyond 1e154 directly would overflow
+        # Relative to the dim's magnitude only: a series at 1e-12 scale still varies.
+        constant = std <= STD_FLOOR * magnitude
         if not enabled:
             return cls(np.zeros(d), np.ones(d), constant)
         return cls(x.mean(axis=0), np.where(constant, 1.0, std), constant)
@@ -114,7 +117,8 @@ def embed(x: np.ndarray, method: str, dims: int, rng: np.random.Generator) -> tu
     if method == "delay_embedding":
         lag = decorrelation_lag(x[:, -1])
         shortest = t // (needed + 1)
-        if lag is None or t - needed * lag < shortest:
+        # Keep two frames at least (attention needs a key frame besides the last one), and a real delay.
+        if lag is None or lag < 1 or t - needed * lag < max(shortest, 2):
             lag = max(1, shortest)
         lags = [lag * (i + 1) for i in range(needed)]
         source = x[:, -1]

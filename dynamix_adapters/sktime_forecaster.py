@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import ClassVar
 
 import numpy as np
@@ -131,6 +132,14 @@ class DynaMixForecaster(BaseForecaster):
         self.device = device
         super().__init__()
 
+    # sktime's predict methods write fh to the instance (self._fh) and read it back, so two threads
+    # predicting different horizons could swap them; checking fh under one lock keeps each its own.
+    _fh_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def _check_fh(self, fh, pred_int=False):
+        with self._fh_lock:
+            return super()._check_fh(fh, pred_int=pred_int)
+
     def _fit(self, y, X, fh):
         config = ForecastConfig.from_params(self.get_params(deep=False))
         net = config.load()
@@ -199,7 +208,16 @@ class DynaMixForecaster(BaseForecaster):
     def _horizon(self, fh):
         """Steps ahead (S, F) of each series for fh, and the forecast index."""
         cutoffs = [self.cutoff] if self._instances is None else self._series_cutoffs
-        steps = np.stack([fh.to_relative(cutoff).to_numpy() for cutoff in cutoffs]).astype(int)
+        offsets = np.stack([fh.to_relative(cutoff).to_numpy() for cutoff in cutoffs]).astype(int)
+        # sktime counts an integer fh in index units; the model counts observations.
+        spacing = np.array(self._spacings)[:, None]
+        if np.any(offsets % spacing):
+            bad = int(np.nonzero((offsets % spacing).any(axis=1))[0][0])
+            raise ValueError(
+                f"fh {offsets[bad].tolist()} falls between the observations of {self._labels()[bad]}: its integer "
+                f"index advances by {self._spacings[bad]} per observation, so count fh in multiples of that."
+            )
+        steps = offsets // spacing
         times = [fh.to_absolute_index(cutoff) for cutoff in cutoffs]
         if self._instances is None:
             return steps, times[0]
@@ -212,8 +230,17 @@ class DynaMixForecaster(BaseForecaster):
         return pd.DataFrame(np.concatenate(picked).reshape(len(index), -1), index=index, columns=columns)
 
     def _track_cutoffs(self) -> None:
-        """Each panel series forecasts from its own last observation, as when sktime loops over a panel."""
+        """Each panel series forecasts from its own last observation, as when sktime loops over a panel.
+
+        Also checks that every series is equally spaced, the one thing a step-by-step model needs of an index.
+        """
+        labels = self._labels()
+        self._spacings = [
+            _observation_spacing(frame.index, label) for frame, label in zip(self._series, labels, strict=True)
+        ]
         if self._instances is None:
+            if isinstance(self.cutoff, pd.DatetimeIndex) and self.cutoff.freq is None:
+                raise ValueError(_IRREGULAR_TIMES.format(which="y"))
             return
         self._series_cutoffs = [
             _series_cutoff(frame.index, key) for key, frame in zip(self._instances, self._series, strict=True)
@@ -276,6 +303,13 @@ def _extend(history: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([history[~history.index.isin(new.index)], new]).sort_index()
 
 
+_IRREGULAR_TIMES = (
+    "Cannot infer the frequency of {which}: its DatetimeIndex is irregular or shorter than 3. DynaMix "
+    "forecasts equally spaced observations; give it a regular DatetimeIndex (e.g. y.asfreq('D') and fill the "
+    "gaps), a PeriodIndex, or a RangeIndex."
+)
+
+
 def _series_cutoff(index: pd.Index, key: tuple) -> pd.Index:
     """The last time point of one panel series, with the frequency its panel level does not carry."""
     cutoff = index[-1:]
@@ -283,11 +317,21 @@ def _series_cutoff(index: pd.Index, key: tuple) -> pd.Index:
         return cutoff
     freq = pd.infer_freq(index) if len(index) >= 3 else None
     if freq is None:
-        raise ValueError(
-            f"Cannot infer the frequency of series {key}: its time index is irregular or shorter than 3. "
-            "Give every series a regular DatetimeIndex, or use a PeriodIndex."
-        )
+        raise ValueError(_IRREGULAR_TIMES.format(which=f"series {key}"))
     return pd.DatetimeIndex(cutoff, freq=freq)
+
+
+def _observation_spacing(index: pd.Index, label: str) -> int:
+    """Index units per observation: the common gap of an integer index, 1 for any other index."""
+    if not pd.api.types.is_integer_dtype(index) or len(index) < 2:
+        return 1
+    gaps = np.unique(np.diff(index.to_numpy()))
+    if len(gaps) > 1:
+        raise ValueError(
+            f"The integer index of {label} is irregular (gaps from {gaps[0]} to {gaps[-1]}), but DynaMix forecasts "
+            "equally spaced observations. Resample to a regular grid, or drop the index with reset_index(drop=True)."
+        )
+    return int(gaps[0])
 
 
 def _embedding_used(preprocessing: str, n_dims: int, model_dims: int) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .julia_checkpoint import CheckpointError, load_julia_checkpoint
+from .julia_checkpoint import MAX_FILE_BYTES, CheckpointError, load_julia_checkpoint
 from .model import Architecture, DynaMix
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 MODEL_DIR_ENV = "DYNAMIX_MODEL_DIR"
 HF_REPO = "DurstewitzLab/dynamix"
 PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SAFETENSORS_FLOAT_DTYPES = ("F16", "F32", "F64")
+MAX_EXPERTS = 4096
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ REGISTRY: dict[str, WeightSet] = {
 }
 DEFAULT_MODEL = BUNDLED_MODEL
 
-_cache: dict[tuple[str, int, str], DynaMix] = {}
+_cache: dict[tuple[str, int, int, int, str], DynaMix] = {}
 _cache_lock = threading.Lock()
 
 
@@ -94,7 +96,9 @@ def load_model(source: str | os.PathLike | None = None, device: str | torch.devi
     10256
     """
     path, architecture = resolve(source)
-    key = (str(path), path.stat().st_mtime_ns, str(torch.device(device)))
+    stat = path.stat()
+    # mtime alone can miss a file rewritten within the filesystem's timestamp resolution.
+    key = (str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino, str(torch.device(device)))
     with _cache_lock:
         model = _cache.get(key)
         if model is None:
@@ -168,13 +172,25 @@ def read_state_dict(path: Path) -> tuple[dict[str, np.ndarray], Architecture | N
     """Read raw arrays (and a declared architecture, if any) from a weights file."""
     if path.suffix == ".bson":
         state, arch = load_julia_checkpoint(path)
-        return state, Architecture(**arch)
+        try:
+            return state, Architecture(**arch)
+        except ValueError as err:
+            raise CheckpointError(f"{path}: invalid architecture ({err})") from None
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise CheckpointError(f"{path}: {size} bytes is far larger than any DynaMix checkpoint")
     try:
         with safe_open(path, framework="numpy") as handle:
             metadata = handle.metadata() or {}
-            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not iterable)
+            dtypes = {key: handle.get_slice(key).get_dtype() for key in handle.keys()}  # noqa: SIM118
+            # numpy has no bfloat16 or float8: reading those would escape as TypeError or AttributeError.
+            unsupported = sorted((key, dtype) for key, dtype in dtypes.items() if dtype not in SAFETENSORS_FLOAT_DTYPES)
+            state = {} if unsupported else {key: handle.get_tensor(key) for key in dtypes}
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    if unsupported:
+        key, dtype = unsupported[0]
+        raise CheckpointError(f"{path}: checkpoint key {key!r} has dtype {dtype}, expected {SAFETENSORS_FLOAT_DTYPES}")
     declared = None
     if {"M", "N", "J", "P"} <= metadata.keys():
         try:
@@ -189,14 +205,14 @@ def infer_architecture(state: dict[str, np.ndarray], p: int = 2) -> Architecture
     try:
         n, m = state["gating_network.D"].shape
         j = state["gating_network.mlp_layer2.weight"].shape[0]
+        return Architecture(M=int(m), N=int(n), J=int(j), P=p)
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"cannot infer the architecture from the tensors ({err})") from None
-    return Architecture(M=int(m), N=int(n), J=int(j), P=p)
 
 
 def validate_state_dict(state: dict[str, np.ndarray], arch: Architecture) -> None:
     """Raise :class:`CheckpointError` naming the first key that does not fit ``arch``."""
-    expected = {key: tuple(value.shape) for key, value in DynaMix(arch).state_dict().items()}
+    expected = expected_shapes(arch)
     missing = sorted(expected.keys() - state.keys())
     extra = sorted(state.keys() - expected.keys())
     if missing or extra:
@@ -209,6 +225,36 @@ def validate_state_dict(state: dict[str, np.ndarray], arch: Architecture) -> Non
             raise CheckpointError(f"checkpoint key {key!r} has shape {tuple(value.shape)}, expected {shape} for {arch}")
         if not np.all(np.isfinite(value)):
             raise CheckpointError(f"checkpoint key {key!r} holds NaN or inf")
+
+
+def expected_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
+    """The official state-dict keys and their shapes for ``arch``, computed without building the model.
+
+    A file may declare any architecture; building ``DynaMix(arch)`` just to compare
+    shapes would allocate J * M * M numbers for whatever M the file claims.
+
+    >>> expected_shapes(Architecture(M=8, N=3, J=2, P=1))["gating_network.mlp_layer1.weight"]
+    (2, 11)
+    """
+    m, n, j = arch.M, arch.N, arch.J
+    if j > MAX_EXPERTS:
+        raise CheckpointError(f"{arch} declares {j} experts; no DynaMix checkpoint has more than {MAX_EXPERTS}")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for expert in range(j):
+        shapes |= {f"experts.{expert}.A": (m,), f"experts.{expert}.W": (m, m), f"experts.{expert}.h": (m,)}
+    return shapes | {
+        "gating_network.conv.weight": (n, n, 2),
+        "gating_network.conv.bias": (n,),
+        "gating_network.softmax_temp1": (1,),
+        "gating_network.D": (n, m),
+        "gating_network.mlp_layer1.weight": (j, n + m),
+        "gating_network.mlp_layer1.bias": (j,),
+        "gating_network.mlp_layer2.weight": (j, j),
+        "gating_network.mlp_layer2.bias": (j,),
+        "gating_network.softmax_temp2": (1,),
+        "gating_network.sigma": (n,),
+        "B": (n, m),
+    }
 
 
 def _build(path: Path, architecture: Architecture | None) -> DynaMix:
