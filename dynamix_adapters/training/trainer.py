@@ -176,9 +176,10 @@ def teacher_forcing_loss(
     keys = noisy_context[:, :-1]
     encodings = model.gating_network.encode(noisy_context)
     z = model.initial_state(noisy_sequence[:, 0])
+    experts = model.expert_stack()
     predictions = []
     for t in range(1, length):
-        z = model.step(z, keys, encodings, gating_noise[t - 1])
+        z = model.step(z, keys, encodings, gating_noise[t - 1], experts=experts)
         predictions.append(z[:, :n])
         if t % config.teacher_forcing_interval == 0:
             z = torch.cat([noisy_sequence[:, t], z[:, n:]], dim=-1)
