@@ -24,12 +24,11 @@ from dynamix_adapters.engine import DivergenceError
 from dynamix_adapters.forecast import forecast
 from dynamix_adapters.metrics import power_spectrum_distance, state_space_divergence
 from dynamix_adapters.training.corpus import HELD_OUT_SYSTEMS, CorpusConfig, generate_trajectory
-from dynamix_adapters.weights import OFFICIAL_MODEL, load_model
+from dynamix_adapters.weights import BUNDLED_MODEL, OFFICIAL_MODEL, load_model
 
 SHARED = Path(os.environ.get("DYNAMIX_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 PUBLISHED = {"lorenz63": 2000, "chua": 1028, "sprottM": 512}
 OFFICIAL_FILE = SHARED / "models" / f"{OFFICIAL_MODEL}.safetensors"
-BUNDLED_MODEL = "dynamix-3d-adapters-v0.1"
 BAR = 1.3
 METRICS = ("D_stsp", "D_H")
 

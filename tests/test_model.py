@@ -68,6 +68,8 @@ def test_step_matches_the_written_equations():
     expected = sum(w[j] * (e.A * z[0] + e.W @ phi + e.h) for j, e in enumerate(model.experts))
     got = model.step(z, context[:, :-1], g.encode(context), eps)[0]
     assert torch.allclose(got, expected, atol=1e-5)
+    stacked = model.step(z, context[:, :-1], g.encode(context), eps, experts=model.expert_stack())[0]
+    assert torch.equal(stacked, got)
     assert model_q.shape == (2,)
 
 

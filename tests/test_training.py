@@ -128,7 +128,10 @@ def test_config_errors_name_the_problem(tmp_path):
 
 
 def test_shipped_config_follows_the_published_recipe():
+    from dynamix_adapters.weights import BUNDLED_MODEL
+
     config = TrainingConfig.from_toml(shipped_config())
+    assert config.name == BUNDLED_MODEL  # the run writes <name>.safetensors, the file the registry ships
     assert config.architecture.M == 30 and config.architecture.J == 10 and config.architecture.P == 2
     assert config.teacher_forcing_interval == 10
     assert (config.input_noise, config.sigma_regularization, config.gradient_clip) == (0.05, 0.1, 10.0)

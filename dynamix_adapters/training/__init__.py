@@ -1,7 +1,8 @@
 """Reproducible pretraining of DynaMix on a dysts corpus, and export of the result as package weights.
 
 Run ``python -m dynamix_adapters.training --config <file.toml>`` (or ``dynamix-adapters train``);
-the shipped recipe is ``configs/dynamix-3d-adapters-v0.1.toml`` in this folder.
+the recipe of the bundled weights is ``configs/<bundled model name>.toml`` in this folder
+(see :func:`shipped_config`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 from importlib import resources
 from pathlib import Path
 
+from ..weights import BUNDLED_MODEL, PACKAGE_WEIGHTS_DIR
 from .corpus import HELD_OUT_SYSTEMS, CorpusConfig, build_corpus, training_systems, validation_systems
 from .trainer import Trainer, TrainingConfig
 
@@ -27,8 +29,7 @@ __all__ = [
     "validation_systems",
 ]
 
-SHIPPED_CONFIG = "dynamix-3d-adapters-v0.1.toml"
-PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+SHIPPED_CONFIG = f"{BUNDLED_MODEL}.toml"
 
 
 def shipped_config() -> Path:
