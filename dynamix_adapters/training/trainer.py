@@ -5,8 +5,16 @@ segment of its own trajectory, rolls the model through the sequence with
 ``DynaMix.step`` and resets the observed dims to the (noisy) data every
 ``teacher_forcing_interval`` steps. The loss is the MSE on the observed dims plus
 ``sigma_regularization * mean(exp(-|sigma| / sigma_scale))``, which keeps the
-gating noise from collapsing to zero. Batches whose free-running stretch blew up
-(loss non-finite or above ``max_loss``) are skipped and counted in the log.
+gating noise from collapsing to zero.
+
+A sequence whose free-running stretch blew up must neither dominate the update nor
+stop training. Its MSE is capped: a sequence above ``max_loss`` enters the loss
+scaled down to ``max_loss`` (its gradient keeps the direction that shrinks the
+blow-up), a non-finite one is dropped, and an update whose gradient is non-finite is
+skipped. Skipping whole batches instead stalls a run for good: once a few sequences
+per batch explode, every batch is skipped and the weights never change again (a
+batch-64 run at learning rate 5e-3 stopped learning after about 900 updates). The log
+counts capped sequences per epoch.
 
 Runs are seeded and resumable: a checkpoint holds the model, optimizer, learning
 rate schedule, random generator, update count and training time, and a resumed run
@@ -49,7 +57,8 @@ LOG_FIELDS = (
     "sigma_penalty",
     "learning_rate",
     "train_seconds",
-    "skipped",
+    "capped_sequences",
+    "skipped_updates",
     "D_stsp",
     "D_H",
     "MASE",
@@ -83,7 +92,7 @@ class TrainingConfig:
     learning_rate: float = 5e-3
     final_learning_rate: float = 1e-5
     gradient_clip: float = 10.0
-    max_loss: float = 10.0  # updates whose loss is non-finite or above this are skipped
+    max_loss: float = 10.0  # a sequence's MSE above this is scaled down to it
     validate_every: int = 10  # epochs
     checkpoint_every: int = 5  # epochs
 
@@ -167,7 +176,7 @@ def teacher_forcing_loss(
     config: TrainingConfig,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(MSE on the observed dims, sigma penalty) of one sparsely teacher-forced rollout."""
+    """(MSE on the observed dims per sequence (B,), sigma penalty) of one sparsely teacher-forced rollout."""
     n = model.arch.N
     batch, length, _ = sequence.shape
     noisy_context = context + config.input_noise * torch.randn(context.shape, generator=generator)
@@ -183,9 +192,29 @@ def teacher_forcing_loss(
         predictions.append(z[:, :n])
         if t % config.teacher_forcing_interval == 0:
             z = torch.cat([noisy_sequence[:, t], z[:, n:]], dim=-1)
-    mse = torch.mean((torch.stack(predictions, dim=1) - sequence[:, 1:]) ** 2)
+    mse = torch.mean((torch.stack(predictions, dim=1) - sequence[:, 1:]) ** 2, dim=(1, 2))  # (B,)
     penalty = torch.mean(torch.exp(-model.gating_network.sigma.abs() / config.sigma_scale))
     return mse, penalty
+
+
+def capped_mse(per_sequence: torch.Tensor, max_loss: float) -> tuple[torch.Tensor | None, int]:
+    """Batch MSE from per-sequence MSEs (B,) with blown-up sequences capped; and how many were capped.
+
+    A finite sequence above ``max_loss`` is scaled by ``max_loss / its value`` (held
+    constant), so it contributes ``max_loss`` and the gradient of ``max_loss * log(mse)``;
+    a non-finite one is dropped. None when no sequence is finite.
+
+    >>> mse, capped = capped_mse(torch.tensor([1.0, 40.0, float("nan")]), max_loss=10.0)
+    >>> round(mse.item(), 3), capped
+    (5.5, 2)
+    """
+    finite = torch.isfinite(per_sequence)
+    values = per_sequence[finite]
+    scale = (max_loss / values.detach()).clamp(max=1.0)
+    capped = int((~finite).sum()) + int((scale < 1.0).sum())
+    if values.numel() == 0:
+        return None, capped
+    return torch.mean(values * scale), capped
 
 
 def validate(model: DynaMix, corpus: Corpus, seed: int) -> dict[str, float]:
@@ -297,20 +326,20 @@ class Trainer:
             file=sys.stderr,
             desc=config.name,
         )
-        totals = np.zeros(3)  # mse, penalty, accepted updates
+        totals = np.zeros(4)  # mse, penalty, accepted updates, capped sequences
         started = time.perf_counter()
         while self.update < last_update:
             context, sequence = sample_batch(tensors, config.batch_size, config.sequence_length, self.generator)
-            mse, penalty = teacher_forcing_loss(self.model, context, sequence, config, self.generator)
-            loss = mse + config.sigma_regularization * penalty
-            # A rollout that blew up between two forcing points gives a gradient with no useful
-            # direction; stepping on it (even clipped) knocks the experts into unstable regions.
-            if torch.isfinite(loss) and loss.item() <= config.max_loss:
+            per_sequence, penalty = teacher_forcing_loss(self.model, context, sequence, config, self.generator)
+            mse, capped = capped_mse(per_sequence, config.max_loss)
+            totals[3] += capped
+            if mse is not None:
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.gradient_clip)
-                self.optimizer.step()
-                totals += (mse.item(), penalty.item(), 1)
+                (mse + config.sigma_regularization * penalty).backward()
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.gradient_clip)
+                if torch.isfinite(norm):
+                    self.optimizer.step()
+                    totals[:3] += (mse.item(), penalty.item(), 1)
             self.scheduler.step()
             self.update += 1
             bar.update()
@@ -318,12 +347,15 @@ class Trainer:
                 self.train_seconds += time.perf_counter() - started
                 epoch = self.update // config.batches_per_epoch
                 mean_mse, mean_penalty = totals[:2] / max(totals[2], 1.0)
-                skipped = config.batches_per_epoch - int(totals[2])
+                counts = {
+                    "capped_sequences": int(totals[3]),
+                    "skipped_updates": config.batches_per_epoch - int(totals[2]),
+                }
                 bar.set_postfix(loss=f"{mean_mse + config.sigma_regularization * mean_penalty:.4f}", refresh=False)
                 validation = {}
                 if epoch % config.validate_every == 0 or self.update == config.total_updates:
                     validation = validate(self.model, corpus, config.seed)
-                self._log(epoch, mean_mse, mean_penalty, skipped, validation)
+                self._log(epoch, mean_mse, mean_penalty, counts, validation)
                 if epoch % config.checkpoint_every == 0 or self.update == last_update:
                     self.save_checkpoint()
                 totals[:] = 0.0
@@ -336,7 +368,9 @@ class Trainer:
         logger.info("wrote %s after %.0f s of training", self.weights_path, self.train_seconds)
         return self.weights_path
 
-    def _log(self, epoch: int, mse: float, penalty: float, skipped: int, validation: dict[str, float]) -> None:
+    def _log(
+        self, epoch: int, mse: float, penalty: float, counts: dict[str, int], validation: dict[str, float]
+    ) -> None:
         path = self.output_dir / LOG_NAME
         new = not path.is_file()
         with path.open("a", newline="") as handle:
@@ -352,7 +386,7 @@ class Trainer:
                     "sigma_penalty": penalty,
                     "learning_rate": self.scheduler.get_last_lr()[0],
                     "train_seconds": round(self.train_seconds, 1),
-                    "skipped": skipped,
+                    **counts,
                     **validation,
                 }
             )
