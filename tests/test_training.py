@@ -135,8 +135,8 @@ def test_shipped_config_follows_the_published_recipe():
     assert config.architecture.M == 30 and config.architecture.J == 10 and config.architecture.P == 2
     assert config.teacher_forcing_interval == 10
     assert (config.input_noise, config.sigma_regularization, config.gradient_clip) == (0.05, 0.1, 10.0)
-    assert (config.learning_rate, config.final_learning_rate) == (1e-3, 1e-5)
-    assert config.batch_size == 16 and config.sequence_length == 100
+    assert (config.learning_rate, config.final_learning_rate) == (3e-3, 1e-5)
+    assert config.batch_size == 64 and config.sequence_length == 100
     assert config.corpus.systems is None
 
 
