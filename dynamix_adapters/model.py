@@ -146,8 +146,8 @@ class DynaMix(nn.Module):
     ) -> torch.Tensor:
         """One latent step z -> z' (B, M).
 
-        ``experts`` takes :meth:`expert_stack` computed once per rollout; stacking the
-        experts again at every step costs a long backpropagated rollout about a fifth of its time.
+        ``experts`` takes :meth:`expert_stack` computed once per rollout, so a backpropagated
+        rollout builds and differentiates the stacked experts once rather than at every step.
         """
         weights = self.gating_network(z, keys, encodings, noise, key_mask)  # (B, J)
         a, w, h = experts if experts is not None else self.expert_stack()
