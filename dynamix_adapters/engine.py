@@ -129,11 +129,12 @@ def _rollout_torch(model, context, valid_from, x0, unit, horizon, streams) -> np
     index = torch.as_tensor(unit, dtype=torch.long, device=device)
     keys, encodings, padding = frames[index, :-1], encodings[index], padding[index]  # (B, T-1, ...)
     z = model.initial_state(torch.as_tensor(x0, dtype=torch.float32, device=device))  # (B, M)
+    experts = model.expert_stack()  # once per forecast, like the encodings
     out = np.empty((horizon, len(unit), n), dtype=np.float32)
     step = 0
     for noise in noise_chunks(streams, horizon, n):
         for eps in torch.from_numpy(noise).to(device):
-            z = model.step(z, keys, encodings, eps, padding)
+            z = model.step(z, keys, encodings, eps, padding, experts=experts)
             out[step] = z[:, :n].cpu().numpy()
             step += 1
     return out
