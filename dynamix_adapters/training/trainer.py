@@ -1,20 +1,20 @@
-"""Pretraining DynaMix from scratch: backpropagation through time with sparse teacher forcing.
+"""Pretraining DynaMix from scratch: the authors' recipe, backpropagation through time with sparse forcing.
 
-One update draws a random batch of training sequences, each with the context
-segment of its own trajectory, rolls the model through the sequence with
-``DynaMix.step`` and resets the observed dims to the (noisy) data every
-``teacher_forcing_interval`` steps. The loss is the MSE on the observed dims plus
-``sigma_regularization * mean(exp(-|sigma| / sigma_scale))``, which keeps the
-gating noise from collapsing to zero.
+One update draws a batch of random windows from the corpus trajectories. A window of
+``sequence_offset + sequence_length`` points (550) gives a clean context (its first
+``context_length`` = 500 points) and a training sequence (its points 450-549: the
+last 50 of the context and the next 50) with Gaussian noise on the sequence only.
+The model runs ``sequence_length - 1`` steps from the sequence's first point, the
+observed dims are reset to the noisy data every ``teacher_forcing_interval`` steps,
+and the loss is the MSE on the observed dims plus
+``sigma_regularization * mean(exp(-|sigma| / sigma_scale))``. The gating query uses a
+detached z (``detach_query``), each parameter array's gradient is clipped to norm
+``gradient_clip`` on its own, and RAdam's learning rate decays exponentially from
+``learning_rate`` to ``final_learning_rate`` over the run, once per epoch.
 
-A sequence whose free-running stretch blew up must neither dominate the update nor
-stop training. Its MSE is capped: a sequence above ``max_loss`` enters the loss
-scaled down to ``max_loss`` (its gradient keeps the direction that shrinks the
-blow-up), a non-finite one is dropped, and an update whose gradient is non-finite is
-skipped. Skipping whole batches instead stalls a run for good: once a few sequences
-per batch explode, every batch is skipped and the weights never change again (a
-batch-64 run at learning rate 5e-3 stopped learning after about 900 updates). The log
-counts capped sequences per epoch.
+The forward and backward pass run either as one compiled kernel (``backend =
+"fused"``, see ``fused.py``) or with torch autograd (``"torch"``, the reference).
+An update whose loss or gradient is not finite is skipped and counted.
 
 Runs are seeded and resumable: a checkpoint holds the model, optimizer, learning
 rate schedule, random generator, update count and training time, and a resumed run
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import logging
 import math
 import os
@@ -44,6 +45,9 @@ from ..metrics import mase, power_spectrum_distance, state_space_divergence
 from ..model import Architecture, DynaMix
 from ..weights import save_model
 from .corpus import Corpus, CorpusConfig, load_or_build
+from .fused import loss_and_gradients
+from .initialization import authors_initialization
+from .reference import rollout_loss
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +61,19 @@ LOG_FIELDS = (
     "sigma_penalty",
     "learning_rate",
     "train_seconds",
-    "capped_sequences",
     "skipped_updates",
+    "largest_latent",
+    "largest_gradient_norm",
+    "tau1",
+    "tau2",
     "D_stsp",
     "D_H",
     "MASE",
 )
+BACKENDS = ("fused", "torch")
+INITIALIZATIONS = ("authors", "default")
+# Parameters the recipe keeps at zero and never trains (the authors' gating MLP has no biases).
+FROZEN = ("gating_network.mlp_layer1.bias", "gating_network.mlp_layer2.bias")
 
 
 @dataclass(frozen=True)
@@ -72,8 +83,8 @@ class TrainingConfig:
     >>> config = TrainingConfig.from_dict({"name": "tiny", "architecture": {"M": 8, "J": 2, "P": 1}})
     >>> config.architecture
     Architecture(M=8, N=3, J=2, P=1)
-    >>> config.total_updates
-    100000
+    >>> config.total_updates, config.window_length
+    (100000, 550)
     """
 
     name: str = "dynamix-3d-adapters"
@@ -84,16 +95,20 @@ class TrainingConfig:
     epochs: int = 2000
     batches_per_epoch: int = 50
     batch_size: int = 16
+    context_length: int = 500
     sequence_length: int = 100
+    sequence_offset: int = 450  # where the sequence starts within the window
     teacher_forcing_interval: int = 10
-    input_noise: float = 0.05
+    input_noise: float = 0.05  # on the sequence only; the context stays clean
+    detach_query: bool = True
+    initialization: str = "authors"
     sigma_regularization: float = 0.1
     sigma_scale: float = 0.01
     learning_rate: float = 5e-3
     final_learning_rate: float = 1e-5
-    gradient_clip: float = 10.0
-    max_loss: float = 10.0  # a sequence's MSE above this is scaled down to it
-    validate_every: int = 10  # epochs
+    gradient_clip: float = 10.0  # per parameter array
+    backend: str = "fused"
+    validate_every: int = 25  # epochs
     checkpoint_every: int = 5  # epochs
 
     def __post_init__(self):
@@ -101,19 +116,29 @@ class TrainingConfig:
         for name in (*positive, "validate_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainingConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not 2 <= self.sequence_length <= self.corpus.training_length:
+        if self.sequence_length < 2 or self.context_length < 2 or self.sequence_offset < 0:
+            raise ValueError("need sequence_length >= 2, context_length >= 2 and sequence_offset >= 0")
+        if self.window_length > self.corpus.trajectory_length:
             raise ValueError(
-                f"sequence_length must lie in [2, corpus.training_length={self.corpus.training_length}], "
-                f"got {self.sequence_length}"
+                f"a window of context_length/sequence_offset + sequence_length = {self.window_length} points does "
+                f"not fit in corpus.trajectory_length = {self.corpus.trajectory_length}"
             )
         if not 0 < self.final_learning_rate <= self.learning_rate:
             raise ValueError("need 0 < final_learning_rate <= learning_rate")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.initialization not in INITIALIZATIONS:
+            raise ValueError(f"initialization must be one of {INITIALIZATIONS}, got {self.initialization!r}")
         if self.architecture.N != 3:
             raise ValueError(f"the corpus is three-dimensional, so architecture.N must be 3, got {self.architecture.N}")
 
     @property
     def total_updates(self) -> int:
         return self.epochs * self.batches_per_epoch
+
+    @property
+    def window_length(self) -> int:
+        return max(self.context_length, self.sequence_offset + self.sequence_length)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> TrainingConfig:
@@ -155,66 +180,79 @@ def _known(kind, values: dict, section: str) -> dict:
 
 
 def initial_model(config: TrainingConfig) -> DynaMix:
+    """The untrained network of ``config``, seeded; its MLP biases are zero."""
     model = DynaMix(config.architecture)
-    model.reset_parameters(torch.Generator().manual_seed(config.seed))
+    generator = torch.Generator().manual_seed(config.seed)
+    if config.initialization == "authors":
+        authors_initialization(model, generator)
+    else:
+        model.reset_parameters(generator)
     return model
 
 
-def sample_batch(corpus_tensors, batch_size: int, length: int, generator: torch.Generator):
-    """Random (context (B, T_C, N), sequence (B, length, N)) pairs, each from one trajectory."""
-    contexts, sequences = corpus_tensors
-    trajectory = torch.randint(len(sequences), (batch_size,), generator=generator)
-    start = torch.randint(sequences.shape[1] - length + 1, (batch_size,), generator=generator)
-    steps = start[:, None] + torch.arange(length)
-    return contexts[trajectory], sequences[trajectory[:, None], steps]
+@dataclass(frozen=True)
+class Batch:
+    """One training batch; the same arrays feed either backend."""
+
+    context: np.ndarray  # (B, T_C, N) clean
+    sequence: np.ndarray  # (B, L, N) with input noise: initial state, forcing signal and target
+    noise: np.ndarray  # (B, L - 1, N) standard normal gating noise
 
 
-def teacher_forcing_loss(
-    model: DynaMix,
-    context: torch.Tensor,  # (B, T_C, N)
-    sequence: torch.Tensor,  # (B, L, N)
-    config: TrainingConfig,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(MSE on the observed dims per sequence (B,), sigma penalty) of one sparsely teacher-forced rollout."""
-    n = model.arch.N
-    batch, length, _ = sequence.shape
-    noisy_context = context + config.input_noise * torch.randn(context.shape, generator=generator)
-    noisy_sequence = sequence + config.input_noise * torch.randn(sequence.shape, generator=generator)
-    gating_noise = torch.randn((length - 1, batch, n), generator=generator)
-    keys = noisy_context[:, :-1]
-    encodings = model.gating_network.encode(noisy_context)
-    z = model.initial_state(noisy_sequence[:, 0])
-    experts = model.expert_stack()
-    predictions = []
-    for t in range(1, length):
-        z = model.step(z, keys, encodings, gating_noise[t - 1], experts=experts)
-        predictions.append(z[:, :n])
-        if t % config.teacher_forcing_interval == 0:
-            z = torch.cat([noisy_sequence[:, t], z[:, n:]], dim=-1)
-    mse = torch.mean((torch.stack(predictions, dim=1) - sequence[:, 1:]) ** 2, dim=(1, 2))  # (B,)
-    penalty = torch.mean(torch.exp(-model.gating_network.sigma.abs() / config.sigma_scale))
-    return mse, penalty
+def sample_batch(trajectories: np.ndarray, config: TrainingConfig, rng: np.random.Generator) -> Batch:
+    """Random windows of ``trajectories`` (K, T, N), uniformly over trajectories and start points."""
+    count, length, n = trajectories.shape
+    window = config.window_length
+    which = rng.integers(count, size=config.batch_size)
+    start = rng.integers(length - window + 1, size=config.batch_size)
+    windows = trajectories[which[:, None], start[:, None] + np.arange(window)]  # (B, window, N)
+    sequence = windows[:, config.sequence_offset : config.sequence_offset + config.sequence_length]
+    shape = (config.batch_size, config.sequence_length, n)
+    noisy = (sequence + config.input_noise * rng.standard_normal(shape)).astype(np.float32)
+    noise = rng.standard_normal((config.batch_size, config.sequence_length - 1, n)).astype(np.float32)
+    return Batch(np.ascontiguousarray(windows[:, : config.context_length]), noisy, noise)
 
 
-def capped_mse(per_sequence: torch.Tensor, max_loss: float) -> tuple[torch.Tensor | None, int]:
-    """Batch MSE from per-sequence MSEs (B,) with blown-up sequences capped; and how many were capped.
+def sigma_penalty(model: DynaMix, config: TrainingConfig) -> torch.Tensor:
+    """mean(exp(-|sigma| / sigma_scale)): keeps the gating noise from collapsing to zero."""
+    return torch.mean(torch.exp(-model.gating_network.sigma.abs() / config.sigma_scale))
 
-    A finite sequence above ``max_loss`` is scaled by ``max_loss / its value`` (held
-    constant), so it contributes ``max_loss`` and the gradient of ``max_loss * log(mse)``;
-    a non-finite one is dropped. None when no sequence is finite.
 
-    >>> mse, capped = capped_mse(torch.tensor([1.0, 40.0, float("nan")]), max_loss=10.0)
-    >>> round(mse.item(), 3), capped
-    (5.5, 2)
-    """
-    finite = torch.isfinite(per_sequence)
-    values = per_sequence[finite]
-    scale = (max_loss / values.detach()).clamp(max=1.0)
-    capped = int((~finite).sum()) + int((scale < 1.0).sum())
-    if values.numel() == 0:
-        return None, capped
-    return torch.mean(values * scale), capped
+def compute_gradients(model: DynaMix, batch: Batch, config: TrainingConfig) -> tuple[float, float, float]:
+    """Fill every parameter's ``.grad`` with the gradient of the loss; returns (MSE, penalty, largest |z|)."""
+    model.zero_grad(set_to_none=False)
+    if config.backend == "fused":
+        mse, largest, gradients = loss_and_gradients(
+            model, batch.context, batch.sequence, batch.noise, config.teacher_forcing_interval, config.detach_query
+        )
+        for name, parameter in model.named_parameters():
+            parameter.grad.copy_(torch.from_numpy(gradients[name]))
+    else:
+        loss, largest_tensor = rollout_loss(
+            model,
+            torch.from_numpy(batch.context),
+            torch.from_numpy(batch.sequence),
+            torch.from_numpy(batch.noise),
+            config.teacher_forcing_interval,
+            config.detach_query,
+        )
+        loss.backward()
+        mse, largest = loss.item(), largest_tensor.item()
+    penalty = sigma_penalty(model, config)
+    (config.sigma_regularization * penalty).backward()
+    return mse, penalty.item(), largest
+
+
+def clip_per_array(parameters: list[torch.nn.Parameter], limit: float) -> float:
+    """Scale each gradient array to L2 norm <= ``limit`` on its own; returns the largest norm before clipping."""
+    largest = 0.0
+    for parameter in parameters:
+        norm = float(torch.linalg.vector_norm(parameter.grad))
+        if not norm <= largest:  # NaN sticks
+            largest = norm
+        if norm > limit:
+            parameter.grad.mul_(limit / norm)
+    return largest
 
 
 def validate(model: DynaMix, corpus: Corpus, seed: int) -> dict[str, float]:
@@ -251,10 +289,14 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else self.output_dir / "cache"
         self.model = initial_model(config)
-        self.optimizer = torch.optim.RAdam(self.model.parameters(), lr=config.learning_rate)
-        gamma = (config.final_learning_rate / config.learning_rate) ** (1.0 / config.total_updates)
+        for name, parameter in self.model.named_parameters():
+            parameter.grad = torch.zeros_like(parameter)
+            parameter.requires_grad_(name not in FROZEN)
+        self.trained = [p for name, p in self.model.named_parameters() if name not in FROZEN]
+        self.optimizer = torch.optim.RAdam(self.trained, lr=config.learning_rate)
+        gamma = (config.final_learning_rate / config.learning_rate) ** (1.0 / config.epochs)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=gamma)
-        self.generator = torch.Generator().manual_seed(config.seed + 1)
+        self.rng = np.random.default_rng(config.seed + 1)
         self.update = 0
         self.train_seconds = 0.0
 
@@ -272,7 +314,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "generator": self.generator.get_state(),
+            "rng": json.dumps(self.rng.bit_generator.state),  # its 128-bit integers survive as JSON text
             "update": self.update,
             "train_seconds": self.train_seconds,
         }
@@ -287,12 +329,22 @@ class Trainer:
             raise ValueError(
                 f"{self.checkpoint_path} was written with a different config; use another --output or drop --resume."
             )
-        self.model.load_state_dict(state["model"])
+        with torch.no_grad():
+            self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"])
+        self.rng.bit_generator.state = json.loads(state["rng"])
         self.update = int(state["update"])
         self.train_seconds = float(state["train_seconds"])
+
+    def step(self, batch: Batch) -> tuple[float, float, float, float] | None:
+        """One update from ``batch``: (MSE, penalty, largest |z|, largest gradient norm), None if skipped."""
+        mse, penalty, largest = compute_gradients(self.model, batch, self.config)
+        norm = clip_per_array(self.trained, self.config.gradient_clip)
+        if not (math.isfinite(mse) and math.isfinite(norm)):
+            return None
+        self.optimizer.step()
+        return mse, penalty, largest, norm
 
     def run(self, resume: bool = False, progress: bool = True, until_epoch: int | None = None) -> Path | None:
         """Train to ``config.epochs`` (continuing from the checkpoint if ``resume``); returns the weights file.
@@ -317,7 +369,6 @@ class Trainer:
             )
         self._truncate_log()
         corpus = load_or_build(config.corpus, self.cache_dir)
-        tensors = (torch.from_numpy(corpus.contexts), torch.from_numpy(corpus.sequences))
         bar = tqdm(
             total=config.total_updates,
             initial=self.update,
@@ -326,39 +377,43 @@ class Trainer:
             file=sys.stderr,
             desc=config.name,
         )
-        totals = np.zeros(4)  # mse, penalty, accepted updates, capped sequences
+        totals = np.zeros(3)  # mse, penalty, accepted updates
+        extremes = np.zeros(2)  # largest |z|, largest gradient norm
         started = time.perf_counter()
         while self.update < last_update:
-            context, sequence = sample_batch(tensors, config.batch_size, config.sequence_length, self.generator)
-            per_sequence, penalty = teacher_forcing_loss(self.model, context, sequence, config, self.generator)
-            mse, capped = capped_mse(per_sequence, config.max_loss)
-            totals[3] += capped
-            if mse is not None:
-                self.optimizer.zero_grad(set_to_none=True)
-                (mse + config.sigma_regularization * penalty).backward()
-                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.gradient_clip)
-                if torch.isfinite(norm):
-                    self.optimizer.step()
-                    totals[:3] += (mse.item(), penalty.item(), 1)
-            self.scheduler.step()
+            result = self.step(sample_batch(corpus.trajectories, config, self.rng))
+            if result is not None:
+                totals += (result[0], result[1], 1)
+                extremes = np.maximum(extremes, result[2:])
             self.update += 1
             bar.update()
             if self.update % config.batches_per_epoch == 0:
+                self.scheduler.step()
                 self.train_seconds += time.perf_counter() - started
                 epoch = self.update // config.batches_per_epoch
                 mean_mse, mean_penalty = totals[:2] / max(totals[2], 1.0)
-                counts = {
-                    "capped_sequences": int(totals[3]),
-                    "skipped_updates": config.batches_per_epoch - int(totals[2]),
-                }
                 bar.set_postfix(loss=f"{mean_mse + config.sigma_regularization * mean_penalty:.4f}", refresh=False)
                 validation = {}
                 if epoch % config.validate_every == 0 or self.update == config.total_updates:
                     validation = validate(self.model, corpus, config.seed)
-                self._log(epoch, mean_mse, mean_penalty, counts, validation)
+                gating = self.model.gating_network
+                self._log(
+                    epoch,
+                    mean_mse,
+                    mean_penalty,
+                    {
+                        "skipped_updates": config.batches_per_epoch - int(totals[2]),
+                        "largest_latent": float(extremes[0]),
+                        "largest_gradient_norm": float(extremes[1]),
+                        "tau1": abs(gating.softmax_temp1.item()),
+                        "tau2": abs(gating.softmax_temp2.item()),
+                        **validation,
+                    },
+                )
                 if epoch % config.checkpoint_every == 0 or self.update == last_update:
                     self.save_checkpoint()
                 totals[:] = 0.0
+                extremes[:] = 0.0
                 started = time.perf_counter()
         bar.close()
         if self.update < config.total_updates:
@@ -368,9 +423,7 @@ class Trainer:
         logger.info("wrote %s after %.0f s of training", self.weights_path, self.train_seconds)
         return self.weights_path
 
-    def _log(
-        self, epoch: int, mse: float, penalty: float, counts: dict[str, int], validation: dict[str, float]
-    ) -> None:
+    def _log(self, epoch: int, mse: float, penalty: float, values: dict[str, float]) -> None:
         path = self.output_dir / LOG_NAME
         new = not path.is_file()
         with path.open("a", newline="") as handle:
@@ -386,8 +439,7 @@ class Trainer:
                     "sigma_penalty": penalty,
                     "learning_rate": self.scheduler.get_last_lr()[0],
                     "train_seconds": round(self.train_seconds, 1),
-                    **counts,
-                    **validation,
+                    **values,
                 }
             )
 
