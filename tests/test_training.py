@@ -21,13 +21,15 @@ from dynamix_adapters.training import (
     validation_systems,
 )
 from dynamix_adapters.training.corpus import (
+    CORPUS_SYSTEMS,
     Corpus,
     CorpusConfig,
     build_corpus,
+    corpus_trajectory,
     generate_trajectory,
     three_dimensional_systems,
 )
-from dynamix_adapters.training.trainer import LOG_NAME, sample_batch, teacher_forcing_loss
+from dynamix_adapters.training.trainer import LOG_NAME, initial_model, sample_batch
 from dynamix_adapters.weights import OFFICIAL_MODEL, load_model, read_state_dict
 
 TINY = {
@@ -36,11 +38,9 @@ TINY = {
     "architecture": {"M": 8, "J": 2, "P": 1},
     "corpus": {
         "systems": ["SprottA", "Bouali"],
-        "trajectories_per_system": 2,
-        "context_length": 40,
-        "training_length": 60,
+        "trajectory_length": 400,
         "transient_periods": 2.0,
-        "points_per_period": [20, 40],
+        "points_per_period": [20, 20],
         "validation_context_length": 40,
         "validation_horizon": 30,
         "workers": 1,
@@ -49,7 +49,9 @@ TINY = {
         "epochs": 4,
         "batches_per_epoch": 3,
         "batch_size": 4,
+        "context_length": 50,
         "sequence_length": 21,
+        "sequence_offset": 40,
         "validate_every": 2,
         "checkpoint_every": 1,
     },
@@ -81,13 +83,16 @@ def test_training_systems_exclude_test_and_held_out_systems():
     assert set(HELD_OUT_SYSTEMS) <= set(three_dimensional_systems())
     assert not set(HELD_OUT_SYSTEMS) & set(systems)
     assert not [s for s in systems if "lorenz" in s.lower() or "chua" in s.lower() or s == "SprottM"]
-    assert len(systems) >= 50
+    assert set(systems) <= set(three_dimensional_systems())
+    assert len(CORPUS_SYSTEMS) == 34  # the authors' trajectory count
     assert set(validation_systems()) <= set(HELD_OUT_SYSTEMS)
 
 
 def test_corpus_refuses_held_out_systems():
     with pytest.raises(ValueError, match="held-out"):
         build_corpus(CorpusConfig(systems=("Rossler",), workers=1))
+    with pytest.raises(ValueError, match="held-out"):
+        build_corpus(CorpusConfig(systems=("LorenzBounded",), workers=1))
 
 
 def test_trajectories_are_seeded_and_standardized():
@@ -100,34 +105,44 @@ def test_trajectories_are_seeded_and_standardized():
     assert not np.allclose(first, other)
 
 
-def test_corpus_splits_context_from_training_segment(tiny_config, corpus_cache):
+def test_corpus_trajectories_start_at_the_default_and_honour_parameter_regimes():
+    config = CorpusConfig(trajectory_length=300, transient_periods=1.0, points_per_period=(50, 50))
+    default = corpus_trajectory("Rossler", config)
+    np.testing.assert_array_equal(default, corpus_trajectory("Rossler", config))
+    np.testing.assert_allclose(default.std(axis=0), 1.0, atol=1e-9)
+    other_regime = corpus_trajectory("Rossler[a=0.05,b=0.05,c=6.0]", config)
+    assert other_regime is not None and not np.allclose(default, other_regime)
+    with pytest.raises(ValueError, match="no parameter"):
+        corpus_trajectory("SprottA[a=1.2]", config)
+
+
+def test_corpus_holds_long_standardized_trajectories(tiny_config, corpus_cache):
     from dynamix_adapters.training.corpus import load_or_build
 
     corpus = load_or_build(tiny_config.corpus, corpus_cache)
     assert isinstance(corpus, Corpus)
-    assert corpus.contexts.shape == (4, 40, 3)
-    assert corpus.sequences.shape == (4, 60, 3)
+    assert corpus.trajectories.shape == (2, 400, 3)
     assert corpus.validation_contexts.shape == (3, 40, 3)
     assert corpus.validation_targets.shape == (3, 30, 3)
-    assert sorted(set(corpus.systems)) == ["Bouali", "SprottA"]
-    # The context segment and the training segment are consecutive pieces of one standardized trajectory.
-    whole = np.concatenate([corpus.contexts, corpus.sequences], axis=1)
-    np.testing.assert_allclose(whole.mean(axis=1), 0.0, atol=1e-5)
-    np.testing.assert_allclose(whole.std(axis=1), 1.0, atol=1e-4)
+    assert list(corpus.systems) == ["SprottA", "Bouali"]
+    np.testing.assert_allclose(corpus.trajectories.mean(axis=1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(corpus.trajectories.std(axis=1), 1.0, atol=1e-4)
 
 
 def test_config_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="Unknown key"):
         TrainingConfig.from_dict({"training": {"epoch": 3}})
-    with pytest.raises(ValueError, match="sequence_length"):
-        TrainingConfig.from_dict({"training": {"sequence_length": 5000}})
+    with pytest.raises(ValueError, match="trajectory_length"):
+        TrainingConfig.from_dict({"training": {"sequence_length": 50_000}})
+    with pytest.raises(ValueError, match="backend"):
+        TrainingConfig.from_dict({"training": {"backend": "jax"}})
     bad = tmp_path / "bad.toml"
     bad.write_text("name = ")
     with pytest.raises(ValueError, match="not valid TOML"):
         TrainingConfig.from_toml(bad)
 
 
-def test_shipped_config_follows_the_published_recipe():
+def test_shipped_config_follows_the_authors_recipe():
     from dynamix_adapters.weights import BUNDLED_MODEL
 
     config = TrainingConfig.from_toml(shipped_config())
@@ -135,52 +150,68 @@ def test_shipped_config_follows_the_published_recipe():
     assert config.architecture.M == 30 and config.architecture.J == 10 and config.architecture.P == 2
     assert config.teacher_forcing_interval == 10
     assert (config.input_noise, config.sigma_regularization, config.gradient_clip) == (0.05, 0.1, 10.0)
-    assert (config.learning_rate, config.final_learning_rate) == (3e-3, 1e-5)
-    assert config.batch_size == 64 and config.sequence_length == 100
-    assert config.corpus.systems is None
+    assert (config.learning_rate, config.final_learning_rate) == (5e-3, 1e-5)
+    assert (config.context_length, config.sequence_length, config.sequence_offset) == (500, 100, 450)
+    assert config.corpus.points_per_period == (50, 50) and config.corpus.systems is None
+    assert config.detach_query and config.initialization == "authors"
+    # At least the authors' data volume: 1.6 M sequences.
+    assert config.total_updates * config.batch_size >= 1_600_000
 
 
-def test_teacher_forcing_loss_trains_every_parameter(tiny_config):
-    from dynamix_adapters.training.trainer import initial_model
-
-    model = initial_model(tiny_config)
-    generator = torch.Generator().manual_seed(0)
-    t = torch.linspace(0, 12, 120)
-    wave = torch.stack([torch.sin(t), torch.cos(t), torch.sin(2 * t)], dim=-1)
-    segments = (wave[None, :40].repeat(4, 1, 1), wave[None, 40:].repeat(4, 1, 1))
-    context, sequence = sample_batch(segments, 4, 21, generator)
-    mse, penalty = teacher_forcing_loss(model, context, sequence, tiny_config, generator)
-    assert mse.shape == (4,)
-    (mse.mean() + tiny_config.sigma_regularization * penalty).backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
-    # The penalty is mean(exp(-|sigma| / 0.01)): with sigma at its initial 0.1 it is exp(-10).
-    assert math.isclose(penalty.item(), math.exp(-10), rel_tol=1e-5)
-
-
-def test_teacher_forcing_resets_the_observed_dims(tiny_config):
-    """With forcing every step, each prediction starts from the data, so the loss is the one-step loss."""
+def test_batches_are_windows_with_a_clean_context_and_a_noisy_overlapping_sequence(tiny_config):
     from dataclasses import replace
 
-    from dynamix_adapters.training.trainer import initial_model
+    trajectories = np.random.default_rng(0).standard_normal((3, 200, 3)).astype(np.float32)
+    batch = sample_batch(trajectories, tiny_config, np.random.default_rng(1))
+    assert batch.context.shape == (4, 50, 3) and batch.sequence.shape == (4, 21, 3) and batch.noise.shape == (4, 20, 3)
+    clean = sample_batch(trajectories, replace(tiny_config, input_noise=0.0), np.random.default_rng(1))
+    np.testing.assert_array_equal(clean.context, batch.context)  # the noise never touches the context
+    # The sequence starts at the window's point 40: its first 10 points are the context's last 10.
+    np.testing.assert_array_equal(clean.sequence[:, :10], clean.context[:, 40:])
+    assert 0.02 < np.std(batch.sequence - clean.sequence) < 0.08
+
+
+def test_authors_initialization_matches_the_recipe(tiny_config):
+    from dynamix_adapters.model import DynaMix
+    from dynamix_adapters.training.initialization import authors_initialization
+
+    model = authors_initialization(DynaMix(), torch.Generator().manual_seed(0))
+    a = torch.stack([e.A for e in model.experts]).detach()
+    assert 0.35 < a.mean() < 0.5 and a.min() > 0.2 and a.max() < 0.8
+    gating = model.gating_network
+    assert torch.equal(gating.D, torch.cat([torch.eye(3), torch.zeros(3, 27)], dim=1))
+    assert gating.softmax_temp1.item() == pytest.approx(0.1) and gating.softmax_temp2.item() == pytest.approx(0.1)
+    assert torch.allclose(gating.sigma, torch.full((3,), 0.05))
+    assert not gating.mlp_layer1.bias.any() and not gating.mlp_layer2.bias.any()
+    assert torch.equal(model.B[:, :3], torch.eye(3)) and model.B[:, 3:].abs().max() < 0.45
+    assert initial_model(tiny_config).gating_network.softmax_temp2.item() == pytest.approx(0.1)
+
+
+def test_forcing_every_step_gives_the_one_step_loss(tiny_config):
+    from dynamix_adapters.training.reference import rollout_loss
 
     model = initial_model(tiny_config)
-    every_step = replace(tiny_config, teacher_forcing_interval=1, input_noise=0.0)
-    generator = torch.Generator().manual_seed(1)
-    context, sequence = torch.randn(2, 30, 3), torch.randn(2, 8, 3)
-    forced, _ = teacher_forcing_loss(model, context, sequence, every_step, generator)
-    generator = torch.Generator().manual_seed(1)
-    torch.randn(context.shape, generator=generator)
-    torch.randn(sequence.shape, generator=generator)
-    noise = torch.randn((7, 2, 3), generator=generator)
+    torch.manual_seed(1)
+    context, sequence, noise = torch.randn(2, 30, 3), torch.randn(2, 8, 3), torch.randn(2, 7, 3)
+    forced, _ = rollout_loss(model, context, sequence, noise, interval=1)
     encodings = model.gating_network.encode(context)
-    z = model.initial_state(sequence[:, 0])
-    errors = []
+    z, errors = model.initial_state(sequence[:, 0]), []
     for t in range(1, 8):
-        z = model.step(z, context[:, :-1], encodings, noise[t - 1])
+        z = model.step(z, context[:, :-1], encodings, noise[:, t - 1])
         errors.append((z[:, :3] - sequence[:, t]) ** 2)
-        z = torch.cat([sequence[:, t], z[:, 3:]], dim=-1)
-    assert torch.allclose(forced, torch.stack(errors).mean(dim=(0, 2)))
+        z = torch.cat([sequence[:, t], z[:, 3:]], dim=-1)  # only the observed dims are reset
+    assert torch.allclose(forced, torch.stack(errors).mean(), rtol=1e-5)
+
+
+def test_backends_train_the_same_weights(tmp_path, tiny_config, corpus_cache):
+    from dataclasses import replace
+
+    fused = Trainer(tiny_config, tmp_path / "fused", cache_dir=corpus_cache)
+    fused.run(progress=False)
+    reference = Trainer(replace(tiny_config, backend="torch"), tmp_path / "torch", cache_dir=corpus_cache)
+    reference.run(progress=False)
+    for key, value in final_state(fused).items():
+        torch.testing.assert_close(value, reference.model.state_dict()[key], rtol=1e-4, atol=1e-6)
 
 
 def test_runs_are_seeded_and_log_every_epoch(tmp_path, tiny_config, corpus_cache):
@@ -221,35 +252,6 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, tiny_config, corpus_
         assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [1, 2, 3, 4]
 
 
-def test_exploding_sequences_are_capped_and_training_goes_on(tmp_path, tiny_config, corpus_cache):
-    from dataclasses import replace
-
-    from dynamix_adapters.training.trainer import initial_model
-
-    strict = replace(tiny_config, max_loss=1e-12)  # every sequence counts as blown up
-    trainer = Trainer(strict, tmp_path, cache_dir=corpus_cache)
-    trainer.run(progress=False)
-    initial = initial_model(strict).state_dict()
-    assert any(not torch.equal(value, trainer.model.state_dict()[key]) for key, value in initial.items())
-    with (tmp_path / LOG_NAME).open() as handle:
-        rows = list(csv.DictReader(handle))
-    per_epoch = strict.batches_per_epoch * strict.batch_size
-    assert [int(row["capped_sequences"]) for row in rows] == [per_epoch] * 4
-    assert [int(row["skipped_updates"]) for row in rows] == [0] * 4
-
-
-def test_capped_mse_bounds_each_sequence_and_drops_non_finite_ones():
-    from dynamix_adapters.training.trainer import capped_mse
-
-    per_sequence = torch.tensor([0.5, 1e6, float("inf"), float("nan")], requires_grad=True)
-    mse, capped = capped_mse(per_sequence, max_loss=10.0)
-    assert capped == 3 and math.isclose(mse.item(), (0.5 + 10.0) / 2)
-    mse.backward()
-    assert torch.equal(per_sequence.grad[2:], torch.zeros(2))
-    assert math.isclose(per_sequence.grad[1].item(), 10.0 / 1e6 / 2, rel_tol=1e-6)
-    assert capped_mse(torch.tensor([float("nan")]), 10.0) == (None, 1)
-
-
 def test_resume_refuses_a_different_config(tmp_path, tiny_config, corpus_cache):
     from dataclasses import replace
 
@@ -262,10 +264,10 @@ def test_command_trains_and_exports_loadable_weights(tmp_path, corpus_cache):
     config_file = tmp_path / "tiny.toml"
     config_file.write_text(
         'name = "tiny"\nseed = 3\n[architecture]\nM = 8\nJ = 2\nP = 1\n[corpus]\n'
-        'systems = ["SprottA", "Bouali"]\ntrajectories_per_system = 2\ncontext_length = 40\ntraining_length = 60\n'
-        "transient_periods = 2.0\npoints_per_period = [20, 40]\nvalidation_context_length = 40\n"
-        "validation_horizon = 30\nworkers = 1\n[training]\nepochs = 4\nbatches_per_epoch = 3\nbatch_size = 4\n"
-        "sequence_length = 21\nvalidate_every = 2\ncheckpoint_every = 1\n"
+        'systems = ["SprottA", "Bouali"]\ntrajectory_length = 400\ntransient_periods = 2.0\n'
+        "points_per_period = [20, 20]\nvalidation_context_length = 40\nvalidation_horizon = 30\nworkers = 1\n"
+        "[training]\nepochs = 4\nbatches_per_epoch = 3\nbatch_size = 4\ncontext_length = 50\n"
+        "sequence_length = 21\nsequence_offset = 40\nvalidate_every = 2\ncheckpoint_every = 1\n"
     )
     assert TrainingConfig.from_toml(config_file) == TrainingConfig.from_dict(TINY)
     exported = tmp_path / "package-weights"

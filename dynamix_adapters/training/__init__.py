@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tomllib
 from importlib import resources
 from pathlib import Path
 
@@ -76,15 +77,40 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="E",
         help="stop after epoch E with a checkpoint (continue later with --resume)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (TOML syntax), e.g. training.detach_query=false; repeatable",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
+
+
+def config_with_overrides(path: Path, overrides: list[str]) -> TrainingConfig:
+    """The config in ``path`` with ``SECTION.KEY=VALUE`` overrides applied (VALUE in TOML syntax).
+
+    >>> config = config_with_overrides(shipped_config(), ["training.detach_query=false", "name='ablation'"])
+    >>> config.detach_query, config.name
+    (False, 'ablation')
+    """
+    data = tomllib.loads(Path(path).read_text())
+    for override in overrides:
+        key, _, value = override.partition("=")
+        *sections, leaf = key.strip().split(".")
+        table = data
+        for section in sections:
+            table = table.setdefault(section, {})
+        table[leaf] = tomllib.loads(f"value = {value}")["value"]
+    return TrainingConfig.from_dict(data)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``dynamix-adapters train``; returns the exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = TrainingConfig.from_toml(args.config)
+    config = TrainingConfig.from_toml(args.config) if not args.set else config_with_overrides(args.config, args.set)
     output = args.output or Path("outputs") / "training" / config.name
     trainer = Trainer(config, output, cache_dir=args.cache_dir)
     weights = trainer.run(resume=args.resume, progress=not args.no_progress, until_epoch=args.until_epoch)

@@ -275,6 +275,9 @@ def corpus_trajectory(entry: str, config: CorpusConfig) -> np.ndarray | None:
     flows, _ = _dysts()
     name, overrides = parse_entry(entry)
     system = getattr(flows, name)()
+    unknown = sorted(set(overrides) - set(system.params))
+    if unknown:
+        raise ValueError(f"{name} has no parameter(s) {unknown}; it has {sorted(system.params)}")
     system.transform_params(lambda key, value, system: np.asarray(overrides.get(key, value)))
     density = config.points_per_period[0]
     transient = int(config.transient_periods * density)
