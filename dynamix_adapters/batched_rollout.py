@@ -1,0 +1,403 @@
+"""Batched CPU rollout: many trajectories advance side by side, the trajectory axis is the SIMD axis.
+
+Trajectories go in tiles of ``LANES``; inside a tile every quantity of the step is a
+row of ``LANES`` numbers, one per trajectory, and every loop runs over that row:
+
+- expert step: mixed (J*M, L) = W_rows (J*M, M) x phi (M, L), a small matrix product
+  with the trajectories as its wide, contiguous axis (one broadcast weight times a row);
+- attention: the tile's context frames interleaved as (T, N, L), so the L1 distances,
+  the exponentials and the weighted sums are elementwise over a row of L trajectories;
+- gating MLP: (J, N + M) x ([g; z], L), elementwise over the row as well.
+
+A tile runs through a whole noise block (up to 1,024 steps) before the next tile starts,
+so its frames stay in the core's cache: at context 2,000 a tile's keys, encodings and
+scores take 0.9 MB. Advancing all B trajectories one step at a time instead, with BLAS
+doing one (B, M) x (M, J*M) product per step, would stream every context from memory
+at every step (49 MB per step for 1,024 series at context 2,000).
+
+Same forecasts, within this backend, bit for bit: a trajectory's arithmetic never
+depends on the other trajectories of its tile, on its lane, on the batch size or on
+the thread split. Every operation is elementwise over the lanes, in one fixed order
+per lane; a partial tile is filled with copies of its first trajectory, so every
+tile runs the same code; frames are left-aligned per lane and the frames past a lane's
+own context are padding with key +inf, which gives them weight exactly 0 (adding 0 to
+a sum leaves it unchanged); and the compiler may not reassociate sums (no "reassoc"
+flag), so no reduction order depends on a trip count. Noise comes from each
+trajectory's own stream (``noise.noise_blocks``), as in every backend.
+
+Across backends ("numba", "torch", this one) the same noise yields the same recurrence,
+agreeing to float32 rounding per step (tests: one step from identical states within
+2e-6 of the state's magnitude), not bit for bit: summation orders differ. Chaotic
+systems amplify those roundings, so long rollouts of the backends part like any two
+float32 runs do. As in the other backends, the attention sums accumulate in float64,
+the exponentials use the same branch-free exp, and non-finite states propagate as
+NaN/inf (divergence detection relies on it).
+
+>>> import numpy as np
+>>> from dynamix_adapters.model import Architecture, DynaMix
+>>> net = DynaMix(Architecture(M=8, N=3, J=2, P=1))
+>>> context = np.random.default_rng(0).standard_normal((1, 50, 3)).astype(np.float32)
+>>> streams = [np.random.default_rng(1)]
+>>> rollout_batched(net, context, np.array([0]), context[:, -1], np.array([0]), 20, streams).shape
+(20, 1, 3)
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import numba
+import numpy as np
+import torch
+from numba.core import types
+from numba.extending import intrinsic
+
+from .fast_rollout import LN2, LOG2_E, PackedContext, Weights, _initial_states
+from .model import DynaMix
+from .noise import noise_blocks
+
+# Trajectories per tile: long enough rows to amortize each lane loop, short enough for a tile's frames
+# to stay in a 2 MB L2 cache up to context ~1,000 (see the module docstring).
+LANES = 64
+# Frames per block of the attention (a power of two): one float32 pairwise sum each, then added in float64.
+SUM_BLOCK = 32
+# Fewer trajectories than this run faster one by one in ``fast_rollout`` (measured, see below).
+BATCHED_MIN_TRAJECTORIES = 8
+# Attention weights exp(x) with x < -60 count as zero. T of them change the attention by less than T * 1e-26
+# relative, far below float32 resolution; and weights times encodings stay clear of float32 subnormals, whose
+# arithmetic is two orders of magnitude slower (the numba backend's cutoff, -87, gave many on Lorenz-63).
+NEGLIGIBLE_EXPONENT = np.float32(-60.0)
+# 1.5 * 2**23: (x + ROUNDER) - ROUNDER rounds float32 x to the nearest integer.
+ROUNDER = np.float32(12582912.0)
+# No "reassoc": a reassociated reduction could depend on its trip count, and so on the tile's longest context.
+FASTMATH = {"nsz", "arcp", "contract"}
+
+
+def _compile(func):
+    options = {"nogil": True, "fastmath": FASTMATH, "error_model": "numpy"}
+    try:
+        return numba.njit(cache=True, **options)(func)
+    except RuntimeError:  # numba found no writable cache directory
+        return numba.njit(**options)(func)
+
+
+def rollout_batched(
+    model: DynaMix,
+    context: np.ndarray,
+    valid_from: np.ndarray,
+    x0: np.ndarray,
+    unit: np.ndarray,
+    horizon: int,
+    streams: list[np.random.Generator],
+    threads: int | None = None,
+) -> np.ndarray:
+    """The batched counterpart of ``fast_rollout.rollout_compiled``: observed dims (H, B, N), float32.
+
+    Parameters
+    ----------
+    model : DynaMix
+        The network; its weights are copied to float32 arrays once per call.
+    context : np.ndarray
+        (U, T, N) preprocessed contexts, left-padded to a common T.
+    valid_from : np.ndarray
+        (U,) index of each unit's first real frame.
+    x0 : np.ndarray
+        (B, N) initial observations.
+    unit : np.ndarray
+        (B,) unit of each trajectory.
+    horizon : int
+        Steps H to roll out.
+    streams : list of np.random.Generator
+        (B,) noise stream of each trajectory.
+    threads : int, optional
+        Threads to split the tiles over (default ``torch.get_num_threads()``); results do not depend on it.
+
+    Returns
+    -------
+    np.ndarray
+        (H, B, N) float32, the observed dims of every trajectory for steps 1..H.
+    """
+    weights = Weights.of(model)
+    packed = PackedContext.of(model, context, valid_from)
+    state = _initial_states(np.asarray(x0, dtype=np.float32), model.B.detach().cpu().numpy().astype(np.float32))
+    unit = np.ascontiguousarray(unit, dtype=np.int64)
+    batch, n, m = len(unit), model.arch.N, model.arch.M
+    # Rows of every expert's W back to back, so that W_j phi for all j is one (J*M, M) x (M, L) product.
+    w_rows = np.ascontiguousarray(weights.W_columns.T)  # (J*M, M)
+    out = np.empty((horizon, batch, n), dtype=np.float32)
+    tiles = -(-batch // LANES)
+    groups = max(1, min(threads or torch.get_num_threads(), tiles))
+    bounds = np.linspace(0, tiles, groups + 1).astype(np.int64)
+    lane_state = np.empty((tiles, m, LANES), dtype=np.float32)  # (tiles, M, L): latent state, lanes last
+    _gather_states(state, lane_state)
+
+    def advance(noise, start, group):
+        _advance_tiles(
+            lane_state, noise, out, start, bounds[group], bounds[group + 1], unit, *packed.arrays(),
+            weights.D, weights.sigma, weights.tau1, weights.W1, weights.b1, weights.W2, weights.b2, weights.tau2,
+            weights.A, w_rows, weights.h, weights.relu_from,
+        )  # fmt: skip
+
+    start = 0
+    with ThreadPoolExecutor(groups) as pool:
+        for noise in noise_blocks(streams, horizon, n):
+            list(pool.map(partial(advance, noise, start), range(groups)))
+            start += noise.shape[1]
+    return out
+
+
+def _gather_states(state: np.ndarray, lane_state: np.ndarray) -> None:
+    """(B, M) states -> (tiles, M, L); the lanes past B repeat their tile's first trajectory."""
+    batch = len(state)
+    for tile in range(len(lane_state)):
+        rows = np.arange(tile * LANES, (tile + 1) * LANES)
+        lane_state[tile] = state[np.where(rows < batch, rows, tile * LANES)].T
+
+
+@_compile
+def _advance_tiles(
+    lane_state, noise, out, out_start, tile_start, tile_stop, unit, keys, encodings, offsets,
+    D, sigma, tau1, W1, b1, W2, b2, tau2, A, W_rows, h, relu_from,
+):  # fmt: skip
+    """Advance tiles tile_start..tile_stop-1 through one noise block (B, k, N), writing out[out_start:]."""
+    n_obs = D.shape[0]
+    lanes = lane_state.shape[2]
+    batch, steps = noise.shape[0], noise.shape[1]
+    longest = 0
+    for u in range(len(offsets) - 1):
+        longest = max(longest, offsets[u + 1] - offsets[u])
+    padded = -(-longest // SUM_BLOCK) * SUM_BLOCK
+    tile_keys = np.empty((n_obs, padded * lanes), dtype=np.float32)  # (N, T*L): frame k of lane l at k*L + l
+    tile_encodings = np.empty((n_obs, padded * lanes), dtype=np.float32)
+    tile_noise = np.empty((steps, n_obs, lanes), dtype=np.float32)  # (k, N, L)
+    # The query and the gating MLP's z part are one product: [D; W1_z] (N + J, M) x z (M, L).
+    read_z = np.ascontiguousarray(np.concatenate((D, W1[:, n_obs:])))
+    for tile in range(tile_start, tile_stop):
+        first = tile * LANES
+        frames = 0
+        for lane in range(lanes):
+            b = first + lane if first + lane < batch else first
+            u = unit[b]
+            frames = max(frames, offsets[u + 1] - offsets[u])
+        frames = -(-frames // SUM_BLOCK) * SUM_BLOCK  # whole blocks: the reductions have one fixed shape
+        # Left-align each lane's frames; the rest is padding: key +inf (score -inf, weight 0) and encoding 0.
+        for lane in range(lanes):
+            b = first + lane if first + lane < batch else first
+            lo, count = offsets[unit[b]], offsets[unit[b] + 1] - offsets[unit[b]]
+            for k in range(frames):
+                for i in range(n_obs):
+                    tile_keys[i, k * lanes + lane] = keys[i, lo + k] if k < count else np.inf
+                    tile_encodings[i, k * lanes + lane] = encodings[i, lo + k] if k < count else 0.0
+            for t in range(steps):
+                for i in range(n_obs):
+                    tile_noise[t, i, lane] = noise[b, t, i]
+        z = lane_state[tile]  # (M, L), updated in place
+        for t in range(steps):
+            _step(
+                z, tile_noise[t], tile_keys, tile_encodings, frames,
+                read_z, sigma, tau1, W1, b1, W2, b2, tau2, A, W_rows, h, relu_from,
+            )  # fmt: skip
+            for lane in range(min(lanes, batch - first)):
+                for i in range(n_obs):
+                    out[out_start + t, first + lane, i] = z[i, lane]
+
+
+@_compile
+def _step(z, eps, keys, encodings, frames, read_z, sigma, tau1, W1, b1, W2, b2, tau2, A, W_rows, h, relu_from):
+    """One step of the tile: z (M, L) <- DynaMix.step(z), with eps (N, L) and keys/encodings (N, >= frames*L).
+
+    Lane loops read their trip count from the arrays: a constant count gets unrolled to scalar code.
+    """
+    n_obs, (m, lanes) = eps.shape[0], z.shape
+    j_count = A.shape[0]
+    products = np.dot(read_z, z)  # (N + J, M) x (M, L): the query's D z, then W1_z z
+    query = products[:n_obs]  # (N, L)
+    finite = np.ones(lanes, dtype=np.bool_)
+    for i in range(n_obs):
+        s = sigma[i]
+        for lane in range(lanes):
+            query[i, lane] += s * eps[i, lane]
+            finite[lane] = finite[lane] and abs(query[i, lane]) < np.inf
+    # A non-finite query makes the step NaN (as in torch); attend with a finite stand-in to keep the lanes in step.
+    for i in range(n_obs):
+        for lane in range(lanes):
+            query[i, lane] = query[i, lane] if finite[lane] else np.float32(0.0)
+    embedding = _attend(query, keys, encodings, frames, tau1)  # (N, L)
+    hidden = products[n_obs:]  # (J, L): W1_z z, then + b1 + W1_g g
+    for j in range(j_count):
+        c = b1[j]
+        for lane in range(lanes):
+            hidden[j, lane] += c
+        for i in range(n_obs):
+            w = W1[j, i]
+            for lane in range(lanes):
+                hidden[j, lane] += w * embedding[i, lane]
+        for lane in range(lanes):
+            hidden[j, lane] = np.float32(0.0) if hidden[j, lane] < 0 else hidden[j, lane]  # NaN passes, as torch
+    gate = _softmax_gate(np.dot(W2, hidden), b2, tau2, finite)  # (J, L)
+    phi = z.copy()
+    for k in range(relu_from, m):
+        for lane in range(lanes):
+            phi[k, lane] = np.float32(0.0) if z[k, lane] < 0 else z[k, lane]
+    experts = np.dot(W_rows, phi)  # (J*M, M) x (M, L): W_j phi(z) for every j
+    mixed = np.zeros((m, lanes), dtype=np.float32)
+    for j in range(j_count):
+        for r in range(m):
+            a, c, row = A[j, r], h[j, r], experts[j * m + r]
+            for lane in range(lanes):
+                mixed[r, lane] += gate[j, lane] * (a * z[r, lane] + row[lane] + c)
+    for k in range(m):
+        for lane in range(lanes):
+            z[k, lane] = mixed[k, lane] if finite[lane] else np.float32(np.nan)
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose bit pattern is the int32 ``bits`` (a register move; a view through memory stops SIMD)."""
+    signature = types.float32(types.int32)
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+    return signature, codegen
+
+
+@_compile
+def _exp_below_zero(x):
+    """x <- exp(x) elementwise for x <= 0 (NaN counts as far below), branch-free so that it vectorizes.
+
+    exp(x) = 2**o * exp(r) with x = o ln 2 + r, |r| <= ln(2) / 2 (o by the round-to-nearest float trick,
+    which vectorizes where floor does not); the degree-7 Taylor polynomial of exp(r), as in
+    ``fast_rollout._attend``, within 3e-7 relative of exp(x) on [-87, 0]; exp(x) = 0 below ``NEGLIGIBLE_EXPONENT``.
+    """
+    for lane in range(x.shape[0]):
+        kept = x[lane] >= NEGLIGIBLE_EXPONENT
+        v = x[lane] if kept else NEGLIGIBLE_EXPONENT
+        octaves = (v * LOG2_E + ROUNDER) - ROUNDER  # no "reassoc": the rounding is not folded away
+        r = v - octaves * LN2
+        p = np.float32(1.0 / 5040.0)
+        p = p * r + np.float32(1.0 / 720.0)
+        p = p * r + np.float32(1.0 / 120.0)
+        p = p * r + np.float32(1.0 / 24.0)
+        p = p * r + np.float32(1.0 / 6.0)
+        p = p * r + np.float32(0.5)
+        p = p * r + np.float32(1.0)
+        p = p * r + np.float32(1.0)
+        # 2**octaves from its float32 bit pattern (octaves + 127) * 2**23, exact in float32 for octaves in [-126, 0]
+        scale = _float32_from_bits(np.int32((octaves + np.float32(127.0)) * np.float32(8388608.0)))
+        x[lane] = (p if kept else np.float32(0.0)) * scale
+
+
+@_compile
+def _attend(query, keys, encodings, frames, tau1):
+    """embedding (N, L) = sum_k a_k e_k, a = softmax_k(-|c_k - query|_1 / tau1) over keys/encodings (N, frames*L).
+
+    One pass over the frames in blocks of ``SUM_BLOCK`` (an online softmax): a block's scores stay in L1
+    cache and the running sums are rescaled when a block raises a lane's maximum, so the tile's keys and
+    encodings are read once per step. Every loop runs over a whole block, (SUM_BLOCK * L) numbers: short
+    loops over L alone would spend more on entering the loop than in it. Sums over a block's frames are
+    pairwise trees in float32, then added across blocks in float64. A block past a lane's own frames leaves
+    its sums unchanged exactly (maximum unchanged, rescale by exp(0) = 1, weights 0).
+    """
+    n_obs, lanes = query.shape
+    size = SUM_BLOCK * lanes
+    repeated = np.empty((n_obs + 1, size), dtype=np.float32)  # the query, then the running maximum, per frame
+    for i in range(n_obs):
+        repeated[i, :lanes] = query[i]
+        _repeat_rows(repeated[i], lanes)
+    best = np.full(lanes, -np.inf, dtype=np.float32)
+    rescale = np.empty(lanes, dtype=np.float32)
+    scores = np.empty(size, dtype=np.float32)
+    tree = np.empty(size, dtype=np.float32)
+    sums = np.zeros((n_obs + 1, lanes), dtype=np.float64)  # weighted encodings, then the total weight
+    # Zero-based views per block: an index start + f would be checked for wraparound and turned into gathers.
+    for start in range(0, frames * lanes, size):
+        block = keys[0, start : start + size]
+        query_row = repeated[0]
+        for f in range(size):
+            scores[f] = abs(block[f] - query_row[f])
+        for i in range(1, n_obs):
+            block, query_row = keys[i, start : start + size], repeated[i]
+            for f in range(size):
+                scores[f] += abs(block[f] - query_row[f])
+        for f in range(size):
+            scores[f] = -scores[f] / tau1
+        tree[:] = scores
+        _reduce_rows(tree, lanes, True)
+        for lane in range(lanes):
+            raised = tree[lane] if tree[lane] > best[lane] else best[lane]
+            rescale[lane] = best[lane] - raised  # -inf - -inf = NaN on the first block: rescales 0 sums by 0
+            best[lane] = raised
+        _exp_below_zero(rescale)
+        best_row = repeated[n_obs]
+        best_row[:lanes] = best
+        _repeat_rows(best_row, lanes)
+        for f in range(size):
+            scores[f] -= best_row[f]
+        _exp_below_zero(scores)  # the block's weights
+        for i in range(n_obs + 1):
+            if i < n_obs:
+                block = encodings[i, start : start + size]
+                for f in range(size):
+                    tree[f] = scores[f] * block[f]
+            else:
+                tree[:] = scores
+            _reduce_rows(tree, lanes, False)
+            for lane in range(lanes):
+                sums[i, lane] = sums[i, lane] * rescale[lane] + tree[lane]
+    embedding = np.empty((n_obs, lanes), dtype=np.float32)
+    for i in range(n_obs):
+        for lane in range(lanes):
+            embedding[i, lane] = sums[i, lane] / sums[n_obs, lane]
+    return embedding
+
+
+@_compile
+def _repeat_rows(row, lanes):
+    """row[:lanes] copied over the whole row (a power-of-two multiple of lanes), doubling the copied part."""
+    filled = lanes
+    while filled < len(row):
+        row[filled : 2 * filled] = row[:filled]
+        filled *= 2
+
+
+@_compile
+def _reduce_rows(values, lanes, maximum):
+    """values[:lanes] <- the max (or the sum) over the rows of values (R*L,), R a power of two: a pairwise tree."""
+    width = len(values) // 2
+    while width >= lanes:
+        low, high = values[:width], values[width : 2 * width]
+        if maximum:
+            for f in range(width):
+                low[f] = low[f] if low[f] > high[f] else high[f]
+        else:
+            for f in range(width):
+                low[f] += high[f]
+        width //= 2
+
+
+@_compile
+def _softmax_gate(logits, b2, tau2, finite):
+    """gate (J, L) = softmax_j(-(logits + b2) / tau2); a NaN logit (or inf - inf) clears ``finite``, as torch."""
+    j_count, lanes = logits.shape
+    top = np.full(lanes, -np.inf, dtype=np.float32)
+    for j in range(j_count):
+        c = b2[j]
+        for lane in range(lanes):
+            logits[j, lane] = -(logits[j, lane] + c) / tau2
+            top[lane] = logits[j, lane] if logits[j, lane] > top[lane] else top[lane]
+    norm = np.zeros(lanes, dtype=np.float32)
+    for j in range(j_count):
+        for lane in range(lanes):
+            logits[j, lane] -= top[lane]
+            finite[lane] = finite[lane] and logits[j, lane] == logits[j, lane]
+    gate = logits
+    _exp_below_zero(gate.reshape(-1))
+    for j in range(j_count):
+        for lane in range(lanes):
+            norm[lane] += gate[j, lane]
+    for j in range(j_count):
+        for lane in range(lanes):
+            gate[j, lane] /= norm[lane]
+    return gate
