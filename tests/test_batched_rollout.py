@@ -1,4 +1,4 @@
-"""The batched rollout against the torch model: same noise, same recurrence to float32 rounding; bit-identical batches."""
+"""The batched rollout against torch: the same recurrence to float32 rounding, bit-identical in any batch."""
 
 import numpy as np
 import pytest
