@@ -60,7 +60,7 @@ from .noise import noise_blocks
 # Trajectories per tile: long enough rows to amortize each lane loop, short enough for a tile's frames
 # to stay in a 2 MB L2 cache up to context ~1,000 (see the module docstring).
 LANES = 64
-# Frames per block of the attention (a power of two): one float32 pairwise sum each, then added in float64.
+# Frames per float32 partial sum of the attention, before it is added in float64.
 SUM_BLOCK = 32
 # Fewer trajectories than this run faster one by one in ``fast_rollout`` (measured, see below).
 BATCHED_MIN_TRAJECTORIES = 8
@@ -74,12 +74,17 @@ ROUNDER = np.float32(12582912.0)
 FASTMATH = {"nsz", "arcp", "contract"}
 
 
-def _compile(func):
-    options = {"nogil": True, "fastmath": FASTMATH, "error_model": "numpy"}
+def _compile(func, **extra):
+    options = {"nogil": True, "fastmath": FASTMATH, "error_model": "numpy", **extra}
     try:
         return numba.njit(cache=True, **options)(func)
     except RuntimeError:  # numba found no writable cache directory
         return numba.njit(**options)(func)
+
+
+def _compile_inline(func):
+    """Inlined into its callers by numba itself, so that the loops calling it vectorize."""
+    return _compile(func, inline="always")
 
 
 def rollout_batched(
@@ -168,8 +173,10 @@ def _advance_tiles(
     for u in range(len(offsets) - 1):
         longest = max(longest, offsets[u + 1] - offsets[u])
     padded = -(-longest // SUM_BLOCK) * SUM_BLOCK
-    tile_keys = np.empty((n_obs, padded * lanes), dtype=np.float32)  # (N, T*L): frame k of lane l at k*L + l
-    tile_encodings = np.empty((n_obs, padded * lanes), dtype=np.float32)
+    dims = -(-n_obs // 3) * 3  # the attention reads dims in threes; extra dims are 0 in keys, query and encodings
+    tile_keys = np.zeros((dims, padded, lanes), dtype=np.float32)  # (N', T, L)
+    tile_encodings = np.zeros((dims, padded, lanes), dtype=np.float32)
+    scores = np.empty((padded, lanes), dtype=np.float32)  # (T, L)
     tile_noise = np.empty((steps, n_obs, lanes), dtype=np.float32)  # (k, N, L)
     # The query and the gating MLP's z part are one product: [D; W1_z] (N + J, M) x z (M, L).
     read_z = np.ascontiguousarray(np.concatenate((D, W1[:, n_obs:])))
@@ -180,22 +187,22 @@ def _advance_tiles(
             b = first + lane if first + lane < batch else first
             u = unit[b]
             frames = max(frames, offsets[u + 1] - offsets[u])
-        frames = -(-frames // SUM_BLOCK) * SUM_BLOCK  # whole blocks: the reductions have one fixed shape
+        frames = -(-frames // SUM_BLOCK) * SUM_BLOCK  # whole blocks of frames
         # Left-align each lane's frames; the rest is padding: key +inf (score -inf, weight 0) and encoding 0.
         for lane in range(lanes):
             b = first + lane if first + lane < batch else first
             lo, count = offsets[unit[b]], offsets[unit[b] + 1] - offsets[unit[b]]
             for k in range(frames):
                 for i in range(n_obs):
-                    tile_keys[i, k * lanes + lane] = keys[i, lo + k] if k < count else np.inf
-                    tile_encodings[i, k * lanes + lane] = encodings[i, lo + k] if k < count else 0.0
+                    tile_keys[i, k, lane] = keys[i, lo + k] if k < count else np.inf
+                    tile_encodings[i, k, lane] = encodings[i, lo + k] if k < count else 0.0
             for t in range(steps):
                 for i in range(n_obs):
                     tile_noise[t, i, lane] = noise[b, t, i]
         z = lane_state[tile]  # (M, L), updated in place
         for t in range(steps):
             _step(
-                z, tile_noise[t], tile_keys, tile_encodings, frames,
+                z, tile_noise[t], tile_keys, tile_encodings, scores, frames,
                 read_z, sigma, tau1, W1, b1, W2, b2, tau2, A, W_rows, h, relu_from,
             )  # fmt: skip
             for lane in range(min(lanes, batch - first)):
@@ -204,26 +211,26 @@ def _advance_tiles(
 
 
 @_compile
-def _step(z, eps, keys, encodings, frames, read_z, sigma, tau1, W1, b1, W2, b2, tau2, A, W_rows, h, relu_from):
-    """One step of the tile: z (M, L) <- DynaMix.step(z), with eps (N, L) and keys/encodings (N, >= frames*L).
+def _step(z, eps, keys, encodings, scores, frames, read_z, sigma, tau1, W1, b1, W2, b2, tau2, A, W_rows, h, relu_from):
+    """One step of the tile: z (M, L) <- DynaMix.step(z), with eps (N, L), keys/encodings (N', T, L), scores (T, L).
 
     Lane loops read their trip count from the arrays: a constant count gets unrolled to scalar code.
     """
     n_obs, (m, lanes) = eps.shape[0], z.shape
     j_count = A.shape[0]
     products = np.dot(read_z, z)  # (N + J, M) x (M, L): the query's D z, then W1_z z
-    query = products[:n_obs]  # (N, L)
+    query = np.zeros((keys.shape[0], lanes), dtype=np.float32)  # (N', L), the dims past N stay 0
     finite = np.ones(lanes, dtype=np.bool_)
     for i in range(n_obs):
         s = sigma[i]
         for lane in range(lanes):
-            query[i, lane] += s * eps[i, lane]
+            query[i, lane] = products[i, lane] + s * eps[i, lane]
             finite[lane] = finite[lane] and abs(query[i, lane]) < np.inf
     # A non-finite query makes the step NaN (as in torch); attend with a finite stand-in to keep the lanes in step.
     for i in range(n_obs):
         for lane in range(lanes):
             query[i, lane] = query[i, lane] if finite[lane] else np.float32(0.0)
-    embedding = _attend(query, keys, encodings, frames, tau1)  # (N, L)
+    embedding = _attend(query, keys, encodings, scores, frames, tau1)  # (N', L)
     hidden = products[n_obs:]  # (J, L): W1_z z, then + b1 + W1_g g
     for j in range(j_count):
         c = b1[j]
@@ -263,118 +270,84 @@ def _float32_from_bits(typingctx, bits):
     return signature, codegen
 
 
-@_compile
+@_compile_inline
 def _exp_below_zero(x):
-    """x <- exp(x) elementwise for x <= 0 (NaN counts as far below), branch-free so that it vectorizes.
+    """exp(x) for x <= 0 (NaN counts as far below), branch-free so that loops calling it vectorize.
 
     exp(x) = 2**o * exp(r) with x = o ln 2 + r, |r| <= ln(2) / 2 (o by the round-to-nearest float trick,
     which vectorizes where floor does not); the degree-7 Taylor polynomial of exp(r), as in
     ``fast_rollout._attend``, within 3e-7 relative of exp(x) on [-87, 0]; exp(x) = 0 below ``NEGLIGIBLE_EXPONENT``.
     """
-    for lane in range(x.shape[0]):
-        kept = x[lane] >= NEGLIGIBLE_EXPONENT
-        v = x[lane] if kept else NEGLIGIBLE_EXPONENT
-        octaves = (v * LOG2_E + ROUNDER) - ROUNDER  # no "reassoc": the rounding is not folded away
-        r = v - octaves * LN2
-        p = np.float32(1.0 / 5040.0)
-        p = p * r + np.float32(1.0 / 720.0)
-        p = p * r + np.float32(1.0 / 120.0)
-        p = p * r + np.float32(1.0 / 24.0)
-        p = p * r + np.float32(1.0 / 6.0)
-        p = p * r + np.float32(0.5)
-        p = p * r + np.float32(1.0)
-        p = p * r + np.float32(1.0)
-        # 2**octaves from its float32 bit pattern (octaves + 127) * 2**23, exact in float32 for octaves in [-126, 0]
-        scale = _float32_from_bits(np.int32((octaves + np.float32(127.0)) * np.float32(8388608.0)))
-        x[lane] = (p if kept else np.float32(0.0)) * scale
+    kept = x >= NEGLIGIBLE_EXPONENT
+    v = x if kept else NEGLIGIBLE_EXPONENT
+    octaves = (v * LOG2_E + ROUNDER) - ROUNDER  # no "reassoc": the rounding is not folded away
+    r = v - octaves * LN2
+    p = np.float32(1.0 / 5040.0)
+    p = p * r + np.float32(1.0 / 720.0)
+    p = p * r + np.float32(1.0 / 120.0)
+    p = p * r + np.float32(1.0 / 24.0)
+    p = p * r + np.float32(1.0 / 6.0)
+    p = p * r + np.float32(0.5)
+    p = p * r + np.float32(1.0)
+    p = p * r + np.float32(1.0)
+    # 2**octaves from its float32 bit pattern (octaves + 127) * 2**23, exact in float32 for octaves in [-126, 0]
+    scale = _float32_from_bits(np.int32((octaves + np.float32(127.0)) * np.float32(8388608.0)))
+    return (p if kept else np.float32(0.0)) * scale
 
 
 @_compile
-def _attend(query, keys, encodings, frames, tau1):
-    """embedding (N, L) = sum_k a_k e_k, a = softmax_k(-|c_k - query|_1 / tau1) over keys/encodings (N, frames*L).
+def _attend(query, keys, encodings, scores, frames, tau1):
+    """embedding (N', L) = sum_k a_k e_k, a = softmax_k(-|c_k - query|_1 / tau1), over frames of keys (N', T, L).
 
-    One pass over the frames in blocks of ``SUM_BLOCK`` (an online softmax): a block's scores stay in L1
-    cache and the running sums are rescaled when a block raises a lane's maximum, so the tile's keys and
-    encodings are read once per step. Every loop runs over a whole block, (SUM_BLOCK * L) numbers: short
-    loops over L alone would spend more on entering the loop than in it. Sums over a block's frames are
-    pairwise trees in float32, then added across blocks in float64. A block past a lane's own frames leaves
-    its sums unchanged exactly (maximum unchanged, rescale by exp(0) = 1, weights 0).
+    Every loop body handles three dims of a frame for all L lanes at once: with one short loop per dim,
+    entering the loops would cost more than the arithmetic in them. Two passes, as in ``fast_rollout``: scores
+    (T, L) and each lane's maximum, then the weights (written over the scores) and the sums, in float32
+    within blocks of ``SUM_BLOCK`` frames and in float64 across blocks: float32 throughput, and the error of
+    a 32-term float32 sum rather than of a 2,000-term one.
     """
-    n_obs, lanes = query.shape
-    size = SUM_BLOCK * lanes
-    repeated = np.empty((n_obs + 1, size), dtype=np.float32)  # the query, then the running maximum, per frame
-    for i in range(n_obs):
-        repeated[i, :lanes] = query[i]
-        _repeat_rows(repeated[i], lanes)
+    lanes = query.shape[1]
+    last = keys.shape[0] - 3
     best = np.full(lanes, -np.inf, dtype=np.float32)
-    rescale = np.empty(lanes, dtype=np.float32)
-    scores = np.empty(size, dtype=np.float32)
-    tree = np.empty(size, dtype=np.float32)
-    sums = np.zeros((n_obs + 1, lanes), dtype=np.float64)  # weighted encodings, then the total weight
-    # Zero-based views per block: an index start + f would be checked for wraparound and turned into gathers.
-    for start in range(0, frames * lanes, size):
-        block = keys[0, start : start + size]
-        query_row = repeated[0]
-        for f in range(size):
-            scores[f] = abs(block[f] - query_row[f])
-        for i in range(1, n_obs):
-            block, query_row = keys[i, start : start + size], repeated[i]
-            for f in range(size):
-                scores[f] += abs(block[f] - query_row[f])
-        for f in range(size):
-            scores[f] = -scores[f] / tau1
-        tree[:] = scores
-        _reduce_rows(tree, lanes, True)
-        for lane in range(lanes):
-            raised = tree[lane] if tree[lane] > best[lane] else best[lane]
-            rescale[lane] = best[lane] - raised  # -inf - -inf = NaN on the first block: rescales 0 sums by 0
-            best[lane] = raised
-        _exp_below_zero(rescale)
-        best_row = repeated[n_obs]
-        best_row[:lanes] = best
-        _repeat_rows(best_row, lanes)
-        for f in range(size):
-            scores[f] -= best_row[f]
-        _exp_below_zero(scores)  # the block's weights
-        for i in range(n_obs + 1):
-            if i < n_obs:
-                block = encodings[i, start : start + size]
-                for f in range(size):
-                    tree[f] = scores[f] * block[f]
-            else:
-                tree[:] = scores
-            _reduce_rows(tree, lanes, False)
+    for g in range(0, last + 3, 3):
+        for k in range(frames):
             for lane in range(lanes):
-                sums[i, lane] = sums[i, lane] * rescale[lane] + tree[lane]
-    embedding = np.empty((n_obs, lanes), dtype=np.float32)
-    for i in range(n_obs):
+                distance = (
+                    abs(keys[g, k, lane] - query[g, lane])
+                    + abs(keys[g + 1, k, lane] - query[g + 1, lane])
+                    + abs(keys[g + 2, k, lane] - query[g + 2, lane])
+                )
+                if g > 0:
+                    distance += scores[k, lane]
+                if g == last:
+                    distance = -distance / tau1
+                    best[lane] = distance if distance > best[lane] else best[lane]
+                scores[k, lane] = distance
+    sums = np.zeros((last + 4, lanes), dtype=np.float64)  # weighted encodings (N'), then the total weight
+    partial = np.empty((last + 4, lanes), dtype=np.float32)
+    for block in range(0, frames, SUM_BLOCK):
+        partial[:] = 0.0
+        for k in range(block, block + SUM_BLOCK):
+            for lane in range(lanes):
+                weight = _exp_below_zero(scores[k, lane] - best[lane])
+                scores[k, lane] = weight
+                partial[0, lane] += weight * encodings[0, k, lane]
+                partial[1, lane] += weight * encodings[1, k, lane]
+                partial[2, lane] += weight * encodings[2, k, lane]
+                partial[last + 3, lane] += weight
+            for g in range(3, last + 3, 3):
+                for lane in range(lanes):
+                    weight = scores[k, lane]
+                    partial[g, lane] += weight * encodings[g, k, lane]
+                    partial[g + 1, lane] += weight * encodings[g + 1, k, lane]
+                    partial[g + 2, lane] += weight * encodings[g + 2, k, lane]
+        for i in range(last + 4):
+            for lane in range(lanes):
+                sums[i, lane] += partial[i, lane]
+    embedding = np.empty((last + 3, lanes), dtype=np.float32)
+    for i in range(last + 3):
         for lane in range(lanes):
-            embedding[i, lane] = sums[i, lane] / sums[n_obs, lane]
+            embedding[i, lane] = sums[i, lane] / sums[last + 3, lane]
     return embedding
-
-
-@_compile
-def _repeat_rows(row, lanes):
-    """row[:lanes] copied over the whole row (a power-of-two multiple of lanes), doubling the copied part."""
-    filled = lanes
-    while filled < len(row):
-        row[filled : 2 * filled] = row[:filled]
-        filled *= 2
-
-
-@_compile
-def _reduce_rows(values, lanes, maximum):
-    """values[:lanes] <- the max (or the sum) over the rows of values (R*L,), R a power of two: a pairwise tree."""
-    width = len(values) // 2
-    while width >= lanes:
-        low, high = values[:width], values[width : 2 * width]
-        if maximum:
-            for f in range(width):
-                low[f] = low[f] if low[f] > high[f] else high[f]
-        else:
-            for f in range(width):
-                low[f] += high[f]
-        width //= 2
 
 
 @_compile
@@ -393,9 +366,9 @@ def _softmax_gate(logits, b2, tau2, finite):
             logits[j, lane] -= top[lane]
             finite[lane] = finite[lane] and logits[j, lane] == logits[j, lane]
     gate = logits
-    _exp_below_zero(gate.reshape(-1))
     for j in range(j_count):
         for lane in range(lanes):
+            gate[j, lane] = _exp_below_zero(gate[j, lane])
             norm[lane] += gate[j, lane]
     for j in range(j_count):
         for lane in range(lanes):

@@ -95,7 +95,7 @@ def test_matches_torch_on_official_weights(official_model, shared_series):
     assert_matches_reference(fast, torch_rollout(official_model, context, valid_from, x0, unit, STEPS, range(6)))
 
 
-@pytest.mark.parametrize("sizes", [{}, {"M": 12, "N": 2, "J": 3, "P": 2}])
+@pytest.mark.parametrize("sizes", [{}, {"M": 12, "N": 2, "J": 3, "P": 2}, {"M": 12, "N": 4, "J": 3, "P": 2}])
 def test_matches_torch_with_padding_and_samples(sizes):
     model = make_tiny_model(seed=5, **sizes)
     rng = np.random.default_rng(0)
