@@ -309,3 +309,19 @@ def test_default_model_is_shipped_when_it_is_the_bundled_one():
     path, _ = weights.resolve(None)
     assert path.parent == weights.PACKAGE_WEIGHTS_DIR
     assert load_model(None).parameter_count() == 10256
+
+
+def test_diverged_updates_roll_back_and_lower_the_learning_rate(tmp_path, tiny_config, corpus_cache):
+    from dataclasses import replace
+
+    strict = replace(tiny_config, max_latent=1e-6)  # every rollout counts as diverged
+    trainer = Trainer(strict, tmp_path, cache_dir=corpus_cache)
+    trainer.run(progress=False)
+    for key, value in initial_model(strict).state_dict().items():
+        assert torch.equal(value, trainer.model.state_dict()[key]), key
+    assert trainer.rollbacks == strict.total_updates
+    with (tmp_path / LOG_NAME).open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["skipped_updates"]) for row in rows] == [strict.batches_per_epoch] * 4
+    assert math.isnan(float(rows[0]["mse"]))
+    assert trainer.optimizer.param_groups[0]["lr"] < strict.final_learning_rate

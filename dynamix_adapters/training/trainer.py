@@ -14,7 +14,12 @@ detached z (``detach_query``), each parameter array's gradient is clipped to nor
 
 The forward and backward pass run either as one compiled kernel (``backend =
 "fused"``, see ``fused.py``) or with torch autograd (``"torch"``, the reference).
-An update whose loss or gradient is not finite is skipped and counted.
+An update whose loss or gradient is not finite, or whose rollout's latent state
+passed ``max_latent``, is skipped and the run rolls back to the last epoch that had
+no such update (model and optimizer state), with the learning rate multiplied by
+``rollback_factor`` from then on. Without this, one bad update can leave weights
+whose hidden dims blow up on every sequence, and every later update is skipped: the
+first 5e-3 run of v0.3 stalled that way at update ~5,500.
 
 Runs are seeded and resumable: a checkpoint holds the model, optimizer, learning
 rate schedule, random generator, update count and training time, and a resumed run
@@ -62,6 +67,7 @@ LOG_FIELDS = (
     "learning_rate",
     "train_seconds",
     "skipped_updates",
+    "rollbacks",
     "largest_latent",
     "largest_gradient_norm",
     "tau1",
@@ -108,6 +114,8 @@ class TrainingConfig:
     final_learning_rate: float = 1e-5
     gradient_clip: float = 10.0  # per parameter array
     backend: str = "fused"
+    max_latent: float = 1e3  # a rollout whose |z| passes this counts as diverged (the data is standardized)
+    rollback_factor: float = 0.5  # learning rate multiplier after each rollback
     validate_every: int = 25  # epochs
     checkpoint_every: int = 5  # epochs
 
@@ -299,6 +307,8 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed + 1)
         self.update = 0
         self.train_seconds = 0.0
+        self.rollbacks = 0
+        self.snapshot = self._snapshot()
 
     @property
     def checkpoint_path(self) -> Path:
@@ -317,6 +327,8 @@ class Trainer:
             "rng": json.dumps(self.rng.bit_generator.state),  # its 128-bit integers survive as JSON text
             "update": self.update,
             "train_seconds": self.train_seconds,
+            "rollbacks": self.rollbacks,
+            "snapshot": self.snapshot,
         }
         partial = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, partial)
@@ -336,12 +348,27 @@ class Trainer:
         self.rng.bit_generator.state = json.loads(state["rng"])
         self.update = int(state["update"])
         self.train_seconds = float(state["train_seconds"])
+        self.rollbacks = int(state["rollbacks"])
+        self.snapshot = state["snapshot"]
+
+    def _snapshot(self) -> dict:
+        return copy.deepcopy({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()})
+
+    def roll_back(self) -> None:
+        """Restore the last snapshot and lower the learning rate by ``rollback_factor`` for the rest of the run."""
+        with torch.no_grad():
+            self.model.load_state_dict(self.snapshot["model"])
+        self.optimizer.load_state_dict(self.snapshot["optimizer"])
+        for group in self.optimizer.param_groups:
+            group["lr"] *= self.config.rollback_factor
+        self.snapshot = self._snapshot()  # the lowered rate holds after a later rollback too
+        self.rollbacks += 1
 
     def step(self, batch: Batch) -> tuple[float, float, float, float] | None:
         """One update from ``batch``: (MSE, penalty, largest |z|, largest gradient norm), None if skipped."""
         mse, penalty, largest = compute_gradients(self.model, batch, self.config)
         norm = clip_per_array(self.trained, self.config.gradient_clip)
-        if not (math.isfinite(mse) and math.isfinite(norm)):
+        if not (math.isfinite(mse) and math.isfinite(norm) and largest <= self.config.max_latent):
             return None
         self.optimizer.step()
         return mse, penalty, largest, norm
@@ -385,13 +412,16 @@ class Trainer:
             if result is not None:
                 totals += (result[0], result[1], 1)
                 extremes = np.maximum(extremes, result[2:])
+            else:
+                self.roll_back()
             self.update += 1
             bar.update()
             if self.update % config.batches_per_epoch == 0:
                 self.scheduler.step()
                 self.train_seconds += time.perf_counter() - started
                 epoch = self.update // config.batches_per_epoch
-                mean_mse, mean_penalty = totals[:2] / max(totals[2], 1.0)
+                # An epoch whose every update was skipped logs NaN, not a misleading zero loss.
+                mean_mse, mean_penalty = totals[:2] / totals[2] if totals[2] else (math.nan, math.nan)
                 bar.set_postfix(loss=f"{mean_mse + config.sigma_regularization * mean_penalty:.4f}", refresh=False)
                 validation = {}
                 if epoch % config.validate_every == 0 or self.update == config.total_updates:
@@ -403,6 +433,7 @@ class Trainer:
                     mean_penalty,
                     {
                         "skipped_updates": config.batches_per_epoch - int(totals[2]),
+                        "rollbacks": self.rollbacks,
                         "largest_latent": float(extremes[0]),
                         "largest_gradient_norm": float(extremes[1]),
                         "tau1": abs(gating.softmax_temp1.item()),
@@ -410,6 +441,8 @@ class Trainer:
                         **validation,
                     },
                 )
+                if totals[2] == config.batches_per_epoch:
+                    self.snapshot = self._snapshot()
                 if epoch % config.checkpoint_every == 0 or self.update == last_update:
                     self.save_checkpoint()
                 totals[:] = 0.0
