@@ -1,42 +1,59 @@
-"""Zero-shot inference speed: the compiled rollout ("numba") against the plain torch path, one thread.
+"""Zero-shot inference speed on one thread: the batched rollout, the per-series kernel and torch, side by side.
 
     python benchmarks/bench_inference.py [--output outputs] [--repeats 3] [--model NAME_OR_PATH]
 
-Every case goes through ``forecast()`` on Lorenz-63 windows (../shared/data/lorenz63.npy,
-or an integrated trajectory when that is absent) with the official weights, torch and
-the compiled kernel on one thread. It prints:
+Everything runs on ONE thread (numba, torch, BLAS), with the official weights, on
+Lorenz-63 windows (../shared/data/lorenz63.npy, or an integrated trajectory when that is
+absent), standardized per window as ``forecast()`` does. It prints:
 
-- the target cases (single series, context 2000, horizon 10,000; 256 series, context 512,
-  horizon 1,000; 1,024 series, context 2,000, horizon 10,000) with both backends side by
-  side, best of ``--repeats`` for the fast path (wall and CPU seconds), and the agreement of
-  the first 100 steps. The torch path runs once; for the 1,024-series case it runs a short
-  horizon and is extrapolated linearly, which the table says;
-- the peak resident memory of the 1,024-series forecast, run once in a fresh process;
-- the cold first call in a fresh process: with an empty compilation cache, and again
-  with the cache the first run left on disk;
-- time against horizon, context length and batch size, with a straight-line fit per
-  parameter (R^2) as the linearity check, and a plot ``speed_scaling.png`` in ``--output``.
+- the machine's single-thread float32 matmul peak (numpy, 1024 x 1024 x 1024), the yardstick
+  for the achieved GFLOP/s, counted by ``step_flops`` (a FLOP model of one step);
+- the rollout backends side by side, called directly on the same model-space inputs: "batched"
+  (``batched_rollout.rollout_batched``), "numba" (the per-series kernel) and "torch" (the
+  reference path; its ratio to each backend is the speed-up), for S = 1, 16, 256, 4096
+  series at context 512 and horizon 1,000, and for one series at context 2,000 and horizon
+  10,000: best of ``--repeats`` (wall and CPU seconds), series-steps per second and GFLOP/s.
+  Torch runs the whole horizon up to 256 series, else 50 steps, extrapolated linearly;
+- 1,024 series at context 2,000 and horizon 10,000: the batched rollout whole, once, in a
+  fresh process that also measures its peak resident memory; numba from 1,000 steps and
+  torch from 50, extrapolated linearly;
+- the crossover: the smallest batch at which the batched rollout beats the per-series kernel;
+- the cold first ``forecast()`` in a fresh process, with an empty compilation cache and with
+  the cache the first run left on disk;
+- ``forecast()`` time against horizon, context length and batch size, with a straight-line
+  fit per parameter (R^2) as the linearity check, and a plot ``speed_scaling.png`` in ``--output``.
 
-The machine may be shared: CPU seconds are less sensitive to other load than wall seconds.
+The machine may be shared: CPU seconds are less sensitive to other load than wall seconds,
+so rates and GFLOP/s use CPU seconds, the matmul peak included.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import resource
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-import numpy as np
+# One thread everywhere, set before numpy, numba and torch load their thread pools.
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_variable] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 SHARED = Path(os.environ.get("DYNAMIX_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 AGREEMENT_STEPS = 100
 TORCH_SHORT_HORIZON = 50
+NUMBA_SHORT_HORIZON = 1_000
+TIME_BUDGET_S = 30.0  # a case stops repeating once its runs took this long
+BACKEND_BATCHES = (1, 16, 256, 4096)
+CROSSOVER_BATCHES = (4, 8, 12, 16, 20, 24, 32, 48, 64)
 SCALING = {
     "horizon": {"values": [2000, 4000, 8000, 16000, 32000], "fixed": {"context": 512, "batch": 1}},
     "context": {"values": [250, 500, 1000, 2000, 4000], "fixed": {"horizon": 10000, "batch": 1}},
@@ -45,7 +62,7 @@ SCALING = {
 
 
 def single_thread() -> None:
-    """One torch thread; the compiled rollout splits work over ``torch.get_num_threads()`` threads, so one too."""
+    """One torch thread; the compiled rollouts split work over ``torch.get_num_threads()`` threads, so one too."""
     import torch
 
     torch.set_num_threads(1)
@@ -68,14 +85,52 @@ def contexts(series: np.ndarray, length: int, batch: int) -> np.ndarray:
     return np.stack([series[o : o + length] for o in offsets], axis=1)
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """One rollout's inputs in the model's space: one unit per series, started from its last frame."""
+
+    context: np.ndarray  # (S, T, N) float32, each window standardized per dim
+    seed: int = 0
+
+    @classmethod
+    def of(cls, series: np.ndarray, length: int, batch: int) -> Inputs:
+        windows = contexts(series, length, batch).reshape(length, batch, -1).transpose(1, 0, 2)
+        standardized = (windows - windows.mean(axis=1, keepdims=True)) / windows.std(axis=1, keepdims=True)
+        return cls(np.ascontiguousarray(standardized, dtype=np.float32))
+
+    def arguments(self) -> tuple:
+        """(context, valid_from, x0, unit, streams), fresh streams on every call."""
+        batch = len(self.context)
+        streams = [np.random.default_rng([self.seed, b]) for b in range(batch)]
+        return self.context, np.zeros(batch, dtype=np.int64), self.context[:, -1], np.arange(batch), streams
+
+
+def run_backend(model, inputs: Inputs, horizon: int, backend: str) -> np.ndarray:
+    """(H, S, N) observed dims from one backend, on one thread."""
+    context, valid_from, x0, unit, streams = inputs.arguments()
+    if backend == "batched":
+        from dynamix_adapters.batched_rollout import rollout_batched
+
+        return rollout_batched(model, context, valid_from, x0, unit, horizon, streams, threads=1)
+    from dynamix_adapters import engine
+
+    # engine.rollout takes a RolloutBatch where the lead's restructuring has landed, else the arrays themselves.
+    if hasattr(engine, "RolloutBatch"):
+        labels = tuple(str(u) for u in range(len(context)))
+        batch = engine.RolloutBatch(context, valid_from, x0, unit, streams, labels)
+        return engine.rollout(model, batch, horizon, backend=backend)
+    return engine.rollout(model, context, valid_from, x0, unit, horizon, streams, backend=backend)
+
+
 def timed(func, repeats: int) -> tuple[float, float, object]:
-    """Best wall and best CPU seconds over ``repeats`` calls, and the last result."""
-    walls, cpus = [], []
-    for _ in range(repeats):
+    """Best wall and best CPU seconds over up to ``repeats`` calls (fewer past ``TIME_BUDGET_S``), and the result."""
+    walls, cpus, spent = [], [], 0.0
+    while len(walls) < repeats and (not walls or spent < TIME_BUDGET_S):
         wall, cpu = time.perf_counter(), time.process_time()
         result = func()
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
+        spent += walls[-1]
     return min(walls), min(cpus), result
 
 
@@ -85,6 +140,30 @@ def agreement(fast: np.ndarray, reference: np.ndarray) -> str:
     a, b = fast[:steps].reshape(steps, -1), reference[:steps].reshape(steps, -1)
     deviation = np.abs(a - b).max(axis=0) / np.abs(b).max(axis=0)
     return f"{deviation.max():.1e} / {np.median(deviation):.1e}"
+
+
+def step_flops(arch, frames: int) -> int:
+    """Floating-point operations of one step of one trajectory, counted from ``DynaMix.step``.
+
+    A multiply-add counts 2, an exp, abs, max or division 1. Per attention frame: N subtractions, N abs
+    and N additions (the L1 distance), the scale, the max, the shift, the exp, the weight's sum and
+    N multiply-adds (the weighted encodings): 5N + 5.
+    """
+    n, m, j, p = arch.N, arch.M, arch.J, arch.P
+    query = 2 * n * m + 2 * n
+    attention = frames * (5 * n + 5) + n
+    gating = 2 * j * (n + m) + 2 * j + 2 * j * j + j + 5 * j
+    experts = p + 2 * j * m * m + 5 * j * m
+    return query + attention + gating + experts
+
+
+def matmul_peak(size: int = 1024, repeats: int = 5) -> float:
+    """Single-thread float32 GFLOP/s of numpy's matmul (CPU seconds, best of ``repeats``)."""
+    a = np.random.default_rng(0).random((size, size), dtype=np.float32)
+    b = a.copy()
+    a @ b
+    _, cpu, _ = timed(lambda: a @ b, repeats)
+    return 2 * size**3 / cpu / 1e9
 
 
 def run_child(mode: str, model_name: str) -> None:
@@ -100,9 +179,10 @@ def run_child(mode: str, model_name: str) -> None:
         warm, _, _ = timed(lambda: forecast(model, context, 10_000, random_state=0), 1)
         print(json.dumps({"first_s": first, "warm_s": warm}))
         return
-    context = contexts(series, 2000, 1024)
+    inputs = Inputs.of(series, 2000, 1024)
+    run_backend(model, Inputs.of(series, 100, 1), 10, "batched")  # compile (or load the cached kernel) first
     baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    wall, cpu, paths = timed(lambda: forecast(model, context, 10_000, random_state=0), 1)
+    wall, cpu, paths = timed(lambda: run_backend(model, inputs, 10_000, "batched"), 1)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     finite = bool(np.isfinite(paths).all())
     memory = {"baseline_mib": baseline_kib / 1024, "peak_mib": peak_kib / 1024, "output_mib": paths.nbytes / 2**20}
@@ -119,46 +199,88 @@ def child(mode: str, model_name: str, env: dict | None = None) -> dict:
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "process_s": time.perf_counter() - start}
 
 
-def target_cases(model, model_name: str, series: np.ndarray, repeats: int) -> None:
-    from dynamix_adapters import forecast
+def backend_row(name, backend, wall, cpu, series_steps, flops_per_step, torch_cpu, peak, note="") -> str:
+    rate = series_steps / cpu
+    gflops = rate * flops_per_step / 1e9
+    ratio = f"{torch_cpu / cpu:>8.1f}x" if torch_cpu else f"{'':>9}"
+    return (
+        f"{name:<30}{backend:<9}{wall:>10.3f}{cpu:>10.3f}{rate:>16.3g}{gflops:>9.2f}{100 * gflops / peak:>7.0f}%"
+        f"{ratio}  {note}"
+    )
 
-    print(f"\nTarget cases (forecast(), one thread; fast = best of {repeats}, torch = one run)")
+
+def compare_backends(model, model_name: str, series: np.ndarray, repeats: int, peak: float) -> None:
+    print(
+        f"\nBackends side by side (one thread; best of {repeats}, fewer past {TIME_BUDGET_S:.0f} s; rates from CPU s;"
+        " speed-up = torch CPU s / CPU s)"
+    )
     header = (
-        f"{'case':<32}{'fast wall s':>12}{'fast cpu s':>12}{'torch wall s':>14}{'speed-up':>10}  agreement max / median"
+        f"{'case':<30}{'backend':<9}{'wall s':>10}{'cpu s':>10}{'series-steps/s':>16}{'GFLOP/s':>9}"
+        f"{'% peak':>8}{'speed-up':>9}  note"
     )
     print(header)
     print("-" * len(header))
-    for name, length, batch, horizon in (
-        ("single: ctx 2000, H 10,000", 2000, 1, 10_000),
-        ("batch 256: ctx 512, H 1,000", 512, 256, 1_000),
-        ("batch 1024: ctx 2000, H 10,000", 2000, 1024, 10_000),
-    ):
-        context = contexts(series, length, batch)
-        if batch == 1024:  # one run, in a fresh process that also measures its peak memory
-            big = child("big", model_name)
-            wall, cpu = big["wall_s"], big["cpu_s"]
-            horizon_run = TORCH_SHORT_HORIZON
-            fast = forecast(model, context, horizon_run, random_state=0)
-        else:
-            horizon_run = horizon
-            wall, cpu, fast = timed(lambda c=context, h=horizon: forecast(model, c, h, random_state=0), repeats)
-        torch_wall, _, reference = timed(
-            lambda c=context, h=horizon_run: forecast(model, c, h, random_state=0, backend="torch"), 1
-        )
-        torch_wall *= horizon / horizon_run
-        print(
-            f"{name:<32}{wall:>12.3f}{cpu:>12.3f}{torch_wall:>14.2f}{torch_wall / wall:>9.0f}x"
-            f"  {agreement(fast, reference)}"
-        )
+    cases = [(f"S={s}: ctx 512, H 1,000", 512, s, 1_000) for s in BACKEND_BATCHES]
+    cases.append(("single: ctx 2000, H 10,000", 2000, 1, 10_000))
+    for name, length, batch, horizon in cases:
+        inputs = Inputs.of(series, length, batch)
+        flops = step_flops(model.arch, length - 1)
+        short = horizon if batch <= 256 else TORCH_SHORT_HORIZON
+        torch_wall, torch_cpu, reference = timed(lambda i=inputs, h=short: run_backend(model, i, h, "torch"), 1)
+        scale = horizon / short
+        results = {}
+        for backend in ("batched", "numba"):
+            run = lambda i=inputs, h=horizon, b=backend: run_backend(model, i, h, b)  # noqa: E731
+            wall, cpu, results[backend] = timed(run, repeats)
+            note = f"agreement with torch {agreement(results[backend], reference)}"
+            print(backend_row(name, backend, wall, cpu, batch * horizon, flops, torch_cpu * scale, peak, note))
+        note = f"{short} steps, extrapolated" if scale > 1 else ""
+        print(backend_row(name, "torch", torch_wall * scale, torch_cpu * scale, batch * horizon, flops, 0, peak, note))
+        same = np.array_equal(results["batched"], results["numba"])
+        print(f"{'':<30}batched and numba bit-identical: {same} (across backends only float32 agreement holds)")
+    big_case(model, model_name, series, peak)
+
+
+def big_case(model, model_name: str, series: np.ndarray, peak: float) -> None:
+    name, batch, horizon = "S=1024: ctx 2000, H 10,000", 1024, 10_000
+    flops, inputs = step_flops(model.arch, 1999), Inputs.of(series, 2000, batch)
+    big = child("big", model_name)
+    seconds = {}
+    for backend, short in (("numba", NUMBA_SHORT_HORIZON), ("torch", TORCH_SHORT_HORIZON)):
+        wall, cpu, _ = timed(lambda b=backend, h=short: run_backend(model, inputs, h, b), 1)
+        seconds[backend] = (wall * horizon / short, cpu * horizon / short, f"{short} steps, extrapolated")
+    torch_cpu = seconds["torch"][1]
+    note = f"fresh process, all finite: {big['finite']}"
+    print(backend_row(name, "batched", big["wall_s"], big["cpu_s"], batch * horizon, flops, torch_cpu, peak, note))
+    for backend, (wall, cpu, note) in seconds.items():
+        reference = 0 if backend == "torch" else torch_cpu
+        print(backend_row(name, backend, wall, cpu, batch * horizon, flops, reference, peak, note))
     print(
-        f"torch for batch 1024: {TORCH_SHORT_HORIZON} steps, extrapolated linearly to 10,000.\n"
-        f"agreement: |fast - torch| over the first {AGREEMENT_STEPS} steps (batch 1024: {TORCH_SHORT_HORIZON}) "
-        "relative to the trajectory's magnitude, as in tests/test_engine.py; over the trajectories and dims, the\n"
-        "largest and the median. Chaotic trajectories amplify float32 rounding, so a few part early.\n"
-        f"batch 1024, fresh process: peak RSS {big['peak_mib']:.0f} MiB (after imports and weights "
-        f"{big['baseline_mib']:.0f} MiB; the float64 forecast itself {big['output_mib']:.0f} MiB); "
-        f"all finite: {big['finite']}"
+        f"S=1024, batched, fresh process: peak RSS {big['peak_mib']:.0f} MiB (after imports, weights and inputs "
+        f"{big['baseline_mib']:.0f} MiB; the float32 forecast itself {big['output_mib']:.0f} MiB)"
     )
+    print(
+        f"FLOP model (step_flops): {step_flops(model.arch, 511):,} per series-step at context 512, "
+        f"{flops:,} at context 2000; % peak = GFLOP/s / the matmul peak"
+    )
+
+
+def crossover(model, series: np.ndarray, repeats: int) -> None:
+    print("\nCrossover (H 1,000, CPU seconds, best of repeats): the batched rollout against the per-series kernel")
+    print(f"{'context':>8}{'series':>8}{'numba s':>10}{'batched s':>11}{'batched / numba':>17}")
+    for length in (512, 2000):
+        first = None
+        for batch in CROSSOVER_BATCHES:
+            inputs = Inputs.of(series, length, batch)
+            _, numba_cpu, _ = timed(lambda i=inputs: run_backend(model, i, 1_000, "numba"), repeats)
+            _, batched_cpu, _ = timed(lambda i=inputs: run_backend(model, i, 1_000, "batched"), repeats)
+            if first is None and batched_cpu < numba_cpu:
+                first = batch
+            print(f"{length:>8}{batch:>8}{numba_cpu:>10.3f}{batched_cpu:>11.3f}{batched_cpu / numba_cpu:>17.2f}")
+        print(f"context {length}: batched is faster from {first} series on")
+    from dynamix_adapters.batched_rollout import BATCHED_MIN_TRAJECTORIES
+
+    print(f"batched_rollout.BATCHED_MIN_TRAJECTORIES = {BATCHED_MIN_TRAJECTORIES}")
 
 
 def cold_start(model_name: str) -> None:
@@ -246,12 +368,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     single_thread()
-    from dynamix_adapters import forecast, load_model
+    from dynamix_adapters import load_model
 
     model = load_model(model_name)
     series = lorenz_series()
-    forecast(model, series[:100], 10, random_state=0)  # compile (or load the cached kernel) before timing
-    target_cases(model, model_name, series, args.repeats)
+    for backend in ("batched", "numba"):  # compile (or load the cached kernels) before timing
+        run_backend(model, Inputs.of(series, 100, 2), 10, backend)
+    peak = matmul_peak()
+    print(f"Single-thread float32 matmul peak (numpy, 1024^3, CPU seconds): {peak:.1f} GFLOP/s")
+    compare_backends(model, model_name, series, args.repeats, peak)
+    crossover(model, series, args.repeats)
     cold_start(model_name)
     scaling(model, series, args.repeats, args.output)
     return 0
