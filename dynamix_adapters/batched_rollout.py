@@ -1,37 +1,44 @@
-"""Batched CPU rollout: many trajectories advance side by side, the trajectory axis is the SIMD axis.
+"""Batched CPU rollout: trajectories advance side by side, the trajectory axis is the SIMD axis.
 
-Trajectories go in tiles of ``LANES``; inside a tile every quantity of the step is a
-row of ``LANES`` numbers, one per trajectory, and every loop runs over that row:
+Trajectories go in tiles of ``LANES`` (64); inside a tile every quantity of a step is a
+row of 64 numbers, one per trajectory (lane), and the loops run along that row:
 
-- expert step: mixed (J*M, L) = W_rows (J*M, M) x phi (M, L), a small matrix product
-  with the trajectories as its wide, contiguous axis (one broadcast weight times a row);
-- attention: the tile's context frames interleaved as (T, N, L), so the L1 distances,
-  the exponentials and the weighted sums are elementwise over a row of L trajectories;
-- gating MLP: (J, N + M) x ([g; z], L), elementwise over the row as well.
+- expert step: W_j phi(z) for all j is one BLAS product, W_rows (J*M, M) x phi (M, L);
+  so are D z and the gating MLP's W1 z (one (N + J, M) x (M, L) product) and W2 h;
+- attention: the tile's context frames interleaved as (N', T, L), so the L1 distances,
+  the exponentials and the weighted sums are elementwise over a row of lanes; each loop
+  body handles three dims of a frame for all lanes (N' = N rounded up to a multiple of 3,
+  extra dims 0), because entering one short loop per dim costs more than its arithmetic;
+- gating softmax and mixing: elementwise over the lanes as well.
 
-A tile runs through a whole noise block (up to 1,024 steps) before the next tile starts,
-so its frames stay in the core's cache: at context 2,000 a tile's keys, encodings and
-scores take 0.9 MB. Advancing all B trajectories one step at a time instead, with BLAS
-doing one (B, M) x (M, J*M) product per step, would stream every context from memory
-at every step (49 MB per step for 1,024 series at context 2,000).
+A tile runs through a whole noise block (up to 1,024 steps) before the next tile
+starts, so its frames stay in cache: at context 512 its keys, encodings and scores take
+0.9 MB. Advancing all B trajectories one step at a time instead, with one (B, M) x
+(M, J*M) product per step, would stream every context from memory at every step (49 MB
+per step for 1,024 series at context 2,000).
 
-Same forecasts, within this backend, bit for bit: a trajectory's arithmetic never
-depends on the other trajectories of its tile, on its lane, on the batch size or on
-the thread split. Every operation is elementwise over the lanes, in one fixed order
-per lane; a partial tile is filled with copies of its first trajectory, so every
-tile runs the same code; frames are left-aligned per lane and the frames past a lane's
-own context are padding with key +inf, which gives them weight exactly 0 (adding 0 to
-a sum leaves it unchanged); and the compiler may not reassociate sums (no "reassoc"
-flag), so no reduction order depends on a trip count. Noise comes from each
-trajectory's own stream (``noise.noise_blocks``), as in every backend.
+A tile costs the same whatever number of its lanes are real, so few trajectories run
+faster one by one in ``fast_rollout`` (``BATCHED_MIN_TRAJECTORIES``).
 
-Across backends ("numba", "torch", this one) the same noise yields the same recurrence,
-agreeing to float32 rounding per step (tests: one step from identical states within
-2e-6 of the state's magnitude), not bit for bit: summation orders differ. Chaotic
-systems amplify those roundings, so long rollouts of the backends part like any two
-float32 runs do. As in the other backends, the attention sums accumulate in float64,
-the exponentials use the same branch-free exp, and non-finite states propagate as
-NaN/inf (divergence detection relies on it).
+Within this backend a trajectory's forecast is bit for bit the same alone or in any
+batch, at any lane, with any tile partners and any thread split: every operation is
+elementwise over the lanes or a BLAS product whose columns are the lanes (each column
+of a product is the same K-ordered sum whatever the other columns are; the tests check
+positions and batch sizes); a partial tile is filled with copies of its first
+trajectory, so every tile runs the same code; each lane's frames are left-aligned and
+the frames past its own context are padding with key +inf, which gives them weight
+exactly 0 (adding 0 to a sum leaves it unchanged); and the compiler may not reassociate
+sums (no "reassoc" flag), so no summation order depends on a trip count. Noise comes
+from each trajectory's own stream (``noise.noise_blocks``), as in every backend.
+
+Across backends ("numba", "torch", this one) the same noise drives the same recurrence,
+agreeing to float32 rounding per step (tested: one step from identical states lands
+within 2e-6 of the state's magnitude), not bit for bit: summation orders differ, the
+attention sums run in float32 blocks of ``SUM_BLOCK`` frames added in float64 (numba:
+float64 throughout; torch: float32), and weights below exp(-60) count as zero (numba:
+exp(-87); torch: none). Chaotic systems amplify those roundings, so long rollouts of two
+backends part as any two float32 computations do. Non-finite states propagate as
+NaN/inf, as in torch, where divergence detection relies on it.
 
 >>> import numpy as np
 >>> from dynamix_adapters.model import Architecture, DynaMix
@@ -57,13 +64,15 @@ from .fast_rollout import LN2, LOG2_E, PackedContext, Weights, _initial_states
 from .model import DynaMix
 from .noise import noise_blocks
 
-# Trajectories per tile: long enough rows to amortize each lane loop, short enough for a tile's frames
-# to stay in a 2 MB L2 cache up to context ~1,000 (see the module docstring).
+# Trajectories per tile: rows long enough to amortize entering each lane loop (32 lanes measured 1.2x slower
+# per trajectory at context 512 and 2,000; 128 no faster at 512), a tile's frames at context 512 within L2.
 LANES = 64
 # Frames per float32 partial sum of the attention, before it is added in float64.
 SUM_BLOCK = 32
-# Fewer trajectories than this run faster one by one in ``fast_rollout`` (measured, see below).
-BATCHED_MIN_TRAJECTORIES = 8
+# From this many trajectories on, the batched rollout beats the per-series kernel (``fast_rollout``). Measured
+# with bench_inference.py on one thread (2-vCPU Xeon, H 1,000, CPU seconds): at context 512 both take 0.063 s for
+# 16 series, batched 0.81x numba's time for 20; at context 2,000, 0.98x for 20, 0.80x for 32 (timings noisy).
+BATCHED_MIN_TRAJECTORIES = 20
 # Attention weights exp(x) with x < -60 count as zero. T of them change the attention by less than T * 1e-26
 # relative, far below float32 resolution; and weights times encodings stay clear of float32 subnormals, whose
 # arithmetic is two orders of magnitude slower (the numba backend's cutoff, -87, gave many on Lorenz-63).
