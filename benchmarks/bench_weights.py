@@ -12,6 +12,10 @@ acceptance bar, the amplitude ratio (forecast std / data std) on the published
 series, and the fingerprint of both weight sets. A diverged forecast counts as +inf.
 
     python benchmarks/bench_weights.py [--bundled NAME_OR_PATH] [--official NAME_OR_PATH] [--seeds 0 1 2] [--markdown]
+        [--plot attractors.png]
+
+``--plot`` draws truth, official and bundled forecasts (first seed, whole horizon) of
+the published series and Halvorsen as x-z projections, to see attractor against limit cycle.
 """
 
 from __future__ import annotations
@@ -119,6 +123,40 @@ def fingerprint(model) -> dict[str, str]:
     }
 
 
+def plot_attractors(models: dict, cases: dict[str, tuple[np.ndarray, np.ndarray]], seed: int, path: Path) -> Path:
+    """One row per case, one column each for the truth and every model's forecast; x-z projections."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = {"truth": None, **models}
+    figure, axes = plt.subplots(len(cases), len(columns), figsize=(3 * len(columns), 3 * len(cases)), squeeze=False)
+    for row, (name, (context, truth)) in enumerate(cases.items()):
+        for column, (label, model) in enumerate(columns.items()):
+            try:
+                series = truth if model is None else forecast(model, context, len(truth), random_state=seed)
+            except DivergenceError:
+                series = np.full_like(truth, np.nan)
+            axis = axes[row, column]
+            axis.plot(series[:, 0], series[:, 2], linewidth=0.3)
+            axis.set_xlim(*_padded(truth[:, 0]))
+            axis.set_ylim(*_padded(truth[:, 2]))
+            axis.set_title(f"{name}: {label}", fontsize=9)
+            axis.set_xticks([])
+            axis.set_yticks([])
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _padded(values: np.ndarray) -> tuple[float, float]:
+    low, high = float(values.min()), float(values.max())
+    margin = 0.15 * (high - low)
+    return low - margin, high + margin
+
+
 def summary(values: list[float]) -> tuple[float, float, float]:
     """Median and interquartile range (25th, 75th percentile) over cases; diverged cases count as +inf.
 
@@ -142,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-seed", type=int, default=2024, help="seed of the held-out trajectories")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="forecast seeds, the same for both")
     parser.add_argument("--markdown", action="store_true", help="also print the tables as markdown")
+    parser.add_argument("--plot", type=Path, help="save attractor plots of the published series and Halvorsen here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -184,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\nfingerprint:")
     for key in prints["official"]:
         print(f"  {key:<30} official {prints['official'][key]:<24} bundled {prints['bundled'][key]}")
+    if args.plot is not None:
+        plotted = {**groups["published"], **{k: v for k, v in held_out.items() if k == "Halvorsen"}}
+        logging.info("attractor plots: %s", plot_attractors(models, plotted, args.seeds[0], args.plot))
     if args.markdown:
         print(
             f"\nForecast seeds {args.seeds}; per case the median over seeds; per group the median over cases [IQR].\n"
