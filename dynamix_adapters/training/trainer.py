@@ -19,7 +19,7 @@ passed ``max_latent``, is skipped and the run rolls back to the last epoch that 
 no such update (model and optimizer state), with the learning rate multiplied by
 ``rollback_factor`` from then on. Without this, one bad update can leave weights
 whose hidden dims blow up on every sequence, and every later update is skipped: the
-first 5e-3 run of v0.3 stalled that way at update ~5,500.
+first 5e-3 run of v0.3 stalled that way at update ~5,050.
 
 Runs are seeded and resumable: a checkpoint holds the model, optimizer, learning
 rate schedule, random generator, update count and training time, and a resumed run
