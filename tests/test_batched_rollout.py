@@ -1,12 +1,13 @@
 """The batched rollout against torch: the same recurrence to float32 rounding, bit-identical in any batch."""
 
+import numba
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynamix_adapters.batched_rollout import LANES, _advance_tiles, _gather_states, rollout_batched
+from dynamix_adapters.batched_rollout import LANES, _advance_tiles, _exp_below_zero, _gather_states, rollout_batched
 from dynamix_adapters.fast_rollout import PackedContext, Weights
 from dynamix_adapters.noise import noise_blocks
 
@@ -184,3 +185,18 @@ def test_a_non_finite_state_turns_nan_in_its_own_lane_only_as_in_torch(official_
     np.testing.assert_array_equal(np.isnan(step), np.isnan(reference))
     assert np.isnan(step[1]).all()
     np.testing.assert_allclose(step[[0, 2]], reference[[0, 2]], rtol=0, atol=2e-6 * np.abs(reference[0]).max())
+
+
+@numba.njit
+def exp_of_each(x):
+    out = np.empty_like(x)
+    for i in range(len(x)):
+        out[i] = _exp_below_zero(x[i])
+    return out
+
+
+def test_branch_free_exp_is_within_float32_rounding_and_zero_below_the_cutoff():
+    x = np.linspace(-60, 0, 600_001, dtype=np.float32)
+    relative = exp_of_each(x).astype(np.float64) / np.exp(x.astype(np.float64)) - 1
+    assert np.abs(relative).max() < 3e-7
+    np.testing.assert_array_equal(exp_of_each(np.array([-60.5, -1e30, -np.inf, np.nan], dtype=np.float32)), 0)
