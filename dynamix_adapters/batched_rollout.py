@@ -71,9 +71,10 @@ LANES = 64
 # Frames per float32 partial sum of the attention, before it is added in float64.
 SUM_BLOCK = 32
 # From this many trajectories on, the batched rollout beats the per-series kernel (``fast_rollout``). Measured
-# with bench_inference.py on one thread (2-vCPU Xeon, H 1,000, CPU seconds): at context 512 both take 0.063 s for
-# 16 series, batched 0.81x numba's time for 20; at context 2,000, 0.98x for 20, 0.80x for 32 (timings noisy).
-BATCHED_MIN_TRAJECTORIES = 20
+# with bench_inference.py (crossover; one thread, 2-vCPU Xeon, H 1,000, CPU seconds): at context 512 batched takes
+# 0.90x numba's time for 20 series and 0.75x for 24 (1.10x for 16); at context 2,000, 1.06x for 24 and 0.77x for 32.
+# A tile costs the same however few of its 64 lanes are real, so the crossover grows with the context length.
+BATCHED_MIN_TRAJECTORIES = 24
 # Attention weights exp(x) with x < -60 count as zero. T of them change the attention by less than T * 1e-26
 # relative, far below float32 resolution; and weights times encodings stay clear of float32 subnormals, whose
 # arithmetic is two orders of magnitude slower (the numba backend's cutoff, -87, gave many on Lorenz-63).
