@@ -65,7 +65,7 @@ from .fast_rollout import LOG2_E, PackedContext, Weights, _initial_states
 from .model import DynaMix
 from .noise import noise_blocks
 
-# Trajectories per tile: rows long enough to amortize entering each lane loop (32 lanes measured 1.2x slower
+# Trajectories per tile: rows long enough to amortize entering each lane loop (32 lanes measured 1.1-1.2x slower
 # per trajectory at context 512 and 2,000; 128 no faster at 512), a tile's frames at context 512 within L2.
 LANES = 64
 # Frames per float32 partial sum of the attention, before it is added in float64.
