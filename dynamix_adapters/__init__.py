@@ -1,6 +1,6 @@
 """DynaMix zero-shot forecasting for sktime and darts.
 
-The torch core (``forecast``, ``load_model``) needs neither sktime nor darts. The
+The core (``DynaMixPipeline``, ``forecast``, ``load_model``) needs neither sktime nor darts. The
 adapters ``DynaMixForecaster`` (sktime) and ``DynaMixModel`` (darts) import lazily,
 so each works without the other library installed.
 
@@ -11,9 +11,11 @@ True
 
 from importlib import import_module
 
-from .config import ForecastConfig
+from .engine import DivergenceError
 from .forecast import forecast
 from .model import Architecture, DynaMix
+from .options import ForecastOptions
+from .pipeline import DynaMixPipeline
 from .weights import DEFAULT_MODEL, OFFICIAL_MODEL, known_models, load_model
 
 _ADAPTERS = {
@@ -25,10 +27,12 @@ __all__ = [
     "DEFAULT_MODEL",
     "OFFICIAL_MODEL",
     "Architecture",
+    "DivergenceError",
     "DynaMix",
     "DynaMixForecaster",
     "DynaMixModel",
-    "ForecastConfig",
+    "DynaMixPipeline",
+    "ForecastOptions",
     "forecast",
     "known_models",
     "load_model",

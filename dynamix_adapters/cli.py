@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import ForecastConfig
+from .pipeline import DynaMixPipeline
 from .preprocessing import EMBEDDINGS
 from .weights import DEFAULT_MODEL, describe_models
 
@@ -154,19 +154,21 @@ def _forecast_command(args) -> int:
     if args.samples < 0:
         raise UsageError(f"--samples must be >= 0, got {args.samples}")
     data, index = read_table(args.input, args.time_col, args.columns)
-    config = ForecastConfig(
-        model=args.model,
+    pipeline = DynaMixPipeline.from_pretrained(
+        args.model,
         context_length=args.context_length,
         preprocessing=args.preprocessing,
         nonstationary=args.nonstationary,
         n_samples=max(args.samples, 1),
         random_state=args.seed,
     )
-    point, samples = config.predict([data.to_numpy()], args.horizon, with_samples=args.samples > 0)
-    result = pd.DataFrame(point[:, 0, :], columns=data.columns, index=future_index(index, args.horizon))
+    context = data.to_numpy()
+    point = pipeline.predict(context, args.horizon)  # (H, D)
+    samples = pipeline.predict_samples(context, args.horizon) if args.samples > 0 else None  # (P, H, D)
+    result = pd.DataFrame(point, columns=data.columns, index=future_index(index, args.horizon))
     result.index.name = "time"
     if samples is not None:
-        levels = np.quantile(samples[:, :, 0, :], QUANTILES, axis=0)  # (Q, H, D)
+        levels = np.quantile(samples, QUANTILES, axis=0)  # (Q, H, D)
         for q, level in zip(QUANTILES, levels, strict=True):
             for d, column in enumerate(data.columns):
                 result[f"{column}_q{q:g}"] = level[:, d]
@@ -195,7 +197,7 @@ def _plot_forecast(data: pd.DataFrame, index: pd.Index, result: pd.DataFrame, sa
         plot_forecast(
             data[column].to_numpy()[-shown:],
             result[column].to_numpy(),
-            samples=None if samples is None else samples[:, :, 0, d],
+            samples=None if samples is None else samples[:, :, d],
             context_index=index[-shown:],
             forecast_index=result.index,
             title=str(column),

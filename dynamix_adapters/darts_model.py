@@ -15,70 +15,48 @@ from darts import TimeSeries
 from darts.models.forecasting.forecasting_model import LocalForecastingModel
 from darts.utils.serialization import add_safe_globals
 
-from .config import ForecastConfig
+from .options import OPTIONS_DOC, ForecastOptions
+from .pipeline import DynaMixPipeline
 
 
 class DynaMixModel(LocalForecastingModel):
     """Zero-shot DynaMix forecasts of dynamical systems as a darts model.
 
-    DynaMix is a pretrained foundation model: ``fit`` only stores the series, and
-    ``predict`` forecasts it, or any other series passed as ``series``, without
-    training. Uni- and multivariate series work; a list of series is forecast in one
-    batched model call (one per number of components). ``num_samples > 1`` returns
-    model sample paths, so ``quantile`` and darts' probabilistic metrics apply.
+        DynaMix is a pretrained foundation model: ``fit`` only stores the series, and
+        ``predict`` forecasts it, or any other series passed as ``series``, without
+        training. Uni- and multivariate series work; a list of series is forecast in one
+        batched model call (one per number of components). ``num_samples > 1`` returns
+        model sample paths, so ``quantile`` and darts' probabilistic metrics apply.
 
-    ``historical_forecasts`` and ``backtest`` accept ``retrain=False``, the fast path:
-    fit once (on any series), and every window is forecast from the history before it
-    by that one model, instead of a fresh model built and fitted per window. Each
-    window's forecast depends only on its history and the seed, so with a fixed
-    ``random_state`` ``retrain=True`` and ``retrain=False`` give the same forecasts.
+        ``historical_forecasts`` and ``backtest`` accept ``retrain=False``, the fast path:
+        fit once (on any series), and every window is forecast from the history before it
+        by that one model, instead of a fresh model built and fitted per window. Each
+        window's forecast depends only on its history and the seed, so with a fixed
+        ``random_state`` ``retrain=True`` and ``retrain=False`` give the same forecasts.
 
-    The torch model is loaded lazily at fit through a per-process cache and is never
-    pickled: ``save``/``load`` store only the parameters and the training series.
+        The torch model is loaded lazily at fit through a per-process cache and is never
+        pickled: ``save``/``load`` store only the parameters and the training series.
 
-    Parameters
-    ----------
-    model : str or None
-        Registered weight-set name or path to a ``.safetensors``/``.bson`` file; None
-        means the default model. Resolved at fit, never at construction.
-    context_length : int or None
-        Forecast from only the last ``context_length`` observations; None uses the
-        whole series. Cost grows linearly with it.
-    preprocessing : str
-        Embedding for series with fewer components than the model has dims:
-        "pos_embedding", "delay_embedding", "delay_embedding_random" or "zero_embedding".
-    standardize : bool
-        Z-score each component over its context before forecasting.
-    nonstationary : bool
-        Remove a Box-Cox transform and a power-law trend, restored on output.
-    n_samples : int
-        Sample paths behind a "median" or "mean" point forecast. ``predict``'s
-        ``num_samples`` sets the count of returned paths instead.
-    point_forecast : str
-        What ``predict(num_samples=1)`` returns: "path" (one seeded model trajectory),
-        "median" or "mean" of ``n_samples`` paths.
-    random_state : int or None
-        Seed for all random draws; ``predict(random_state=...)`` overrides it. None
-        draws fresh randomness on every call.
-    device : str
-        torch device of the model.
+        Parameters
+        ----------
+    {options}
 
-    Examples
-    --------
-    >>> from dynamix_adapters import DynaMixModel
-    >>> model = DynaMixModel(context_length=512, random_state=0)
-    >>> model.supports_probabilistic_prediction, model.supports_multivariate
-    (True, True)
+        Examples
+        --------
+        >>> from dynamix_adapters import DynaMixModel
+        >>> model = DynaMixModel(context_length=512, random_state=0)
+        >>> model.supports_probabilistic_prediction, model.supports_multivariate
+        (True, True)
 
-    With the official weights available:
+        With the official weights available:
 
-    >>> from darts.utils.timeseries_generation import sine_timeseries
-    >>> series = sine_timeseries(length=200, value_frequency=0.05)
-    >>> forecast = model.fit(series).predict(24)  # doctest: +SKIP
-    >>> paths = model.predict(24, num_samples=50)  # doctest: +SKIP
-    >>> paths.n_samples  # doctest: +SKIP
-    50
-    >>> backtests = model.historical_forecasts(series, start=0.8, forecast_horizon=12, retrain=False)  # doctest: +SKIP
+        >>> from darts.utils.timeseries_generation import sine_timeseries
+        >>> series = sine_timeseries(length=200, value_frequency=0.05)
+        >>> forecast = model.fit(series).predict(24)  # doctest: +SKIP
+        >>> paths = model.predict(24, num_samples=50)  # doctest: +SKIP
+        >>> paths.n_samples  # doctest: +SKIP
+        50
+        >>> backtests = model.historical_forecasts(series, start=0.8, forecast_horizon=12, retrain=False)  # doctest: +SKIP
     """
 
     def __init__(
@@ -103,15 +81,16 @@ class DynaMixModel(LocalForecastingModel):
         self.point_forecast = point_forecast
         self.random_state = random_state
         self.device = device
-        # Bad options fail here already; the weights are resolved only at fit, because
-        # resolving a registered name may download.
-        ForecastConfig.from_params({**self.model_params, "model": None})
+        # Bad options fail here already; the weights are loaded only when first needed,
+        # because resolving a registered name may download.
+        ForecastOptions(**ForecastOptions.pick(self.model_params))
         # Until a series is seen, assume a univariate one: it needs the longest context.
         self._fit_components = 1
 
     @property
-    def _config(self) -> ForecastConfig:
-        return ForecastConfig.from_params(self.model_params)
+    def _pipeline(self) -> DynaMixPipeline:
+        """The model (loaded once per process) with this model's options."""
+        return DynaMixPipeline.from_pretrained(self.model, self.device, **ForecastOptions.pick(self.model_params))
 
     @property
     def supports_multivariate(self) -> bool:
@@ -131,7 +110,7 @@ class DynaMixModel(LocalForecastingModel):
 
     @property
     def _target_window_lengths(self) -> tuple[int, int]:
-        return self._config.min_context_length(self._fit_components), 0
+        return self._pipeline.min_context_length(self._fit_components), 0
 
     def fit(
         self,
@@ -210,10 +189,12 @@ class DynaMixModel(LocalForecastingModel):
     def _forecast(
         self, inputs: list[TimeSeries], n: int, num_samples: int, random_state, names: list[str]
     ) -> list[TimeSeries]:
-        config = self._config
+        pipeline = self._pipeline
+        if random_state is not None:
+            pipeline = pipeline.with_options(random_state=random_state)
         contexts = [_observed_values(s, name) for s, name in zip(inputs, names, strict=True)]
         for context, name in zip(contexts, names, strict=True):
-            config.check_lengths([len(context)], context.shape[1], [name])
+            pipeline.check_lengths([len(context)], context.shape[1], [name])
         # The core batches series of one width; its random streams depend on each series
         # alone, so splitting by width changes no forecast.
         by_width: dict[int, list[int]] = {}
@@ -224,14 +205,17 @@ class DynaMixModel(LocalForecastingModel):
             batch = [contexts[i] for i in members]
             labels = [names[i] for i in members]
             if num_samples == 1:
-                point, _ = config.predict(batch, n, random_state=random_state, names=labels)  # (H, S, D)
+                point = pipeline.predict(batch, n, names=labels)  # (H, S, D)
                 for k, i in enumerate(members):
                     values[i] = point[:, k, :]
             else:
-                paths = config.sample(batch, n, num_samples, random_state, labels)  # (P, H, S, D)
+                paths = pipeline.sample_paths(batch, n, num_samples, names=labels)  # (P, H, S, D)
                 for k, i in enumerate(members):
                     values[i] = paths[:, :, k, :].transpose(1, 2, 0)
         return [self._build_forecast_series(v, input_series=s) for v, s in zip(values, inputs, strict=True)]
+
+
+DynaMixModel.__doc__ = DynaMixModel.__doc__.replace("{options}", OPTIONS_DOC)
 
 
 def _reject_covariates(past_covariates, future_covariates) -> None:

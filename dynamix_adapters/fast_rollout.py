@@ -18,12 +18,12 @@ numba's user cache directory when the package is read-only); with no writable
 location it is compiled once per process.
 
 >>> import numpy as np
->>> from dynamix_adapters.engine import rollout
+>>> from dynamix_adapters.engine import RolloutBatch, rollout
 >>> from dynamix_adapters.model import Architecture, DynaMix
 >>> net = DynaMix(Architecture(M=8, N=3, J=2, P=1))
 >>> context = np.random.default_rng(0).standard_normal((1, 50, 3)).astype(np.float32)
->>> streams = [np.random.default_rng(1)]
->>> rollout(net, context, np.array([0]), context[:, -1], np.array([0]), 20, streams, backend="numba").shape
+>>> batch = RolloutBatch(context, np.array([0]), context[:, -1], np.array([0]), [np.random.default_rng(1)], ("x",))
+>>> rollout(net, batch, 20, backend="numba").shape
 (20, 1, 3)
 """
 
@@ -33,13 +33,17 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
 import torch
 
-from .engine import noise_blocks
 from .model import DynaMix
+from .noise import noise_blocks
+
+if TYPE_CHECKING:
+    from .engine import RolloutBatch
 
 # Attention weights exp(x) with x < -87 (below 2**-125) are set to zero. The largest weight is 1,
 # so even T such weights sum to less than T * 2**-125, far below float32 resolution of the sum.
@@ -136,38 +140,29 @@ class PackedContext:
         return self.keys, self.encodings, self.offsets
 
 
-def rollout_compiled(
-    model: DynaMix,
-    context: np.ndarray,
-    valid_from: np.ndarray,
-    x0: np.ndarray,
-    unit: np.ndarray,
-    horizon: int,
-    streams: list[np.random.Generator],
-    threads: int | None = None,
-) -> np.ndarray:
+def rollout_compiled(model: DynaMix, batch: RolloutBatch, horizon: int, threads: int | None = None) -> np.ndarray:
     """The compiled counterpart of ``engine._rollout_torch``: observed dims (H, B, N), float32.
 
-    Call it through ``engine.rollout(..., backend="numba")``, which validates the inputs.
+    Call it through ``engine.rollout(model, batch, horizon, backend="numba")``, which validates the batch.
 
     Trajectories are independent, so ``threads`` (default ``torch.get_num_threads()``)
     split them into contiguous groups; results do not depend on the split.
     """
     weights = Weights.of(model)
-    packed = PackedContext.of(model, context, valid_from)
-    state = _initial_states(np.asarray(x0, dtype=np.float32), model.B.detach().cpu().numpy().astype(np.float32))
-    unit = np.ascontiguousarray(unit, dtype=np.int64)
-    batch, n = len(unit), model.arch.N
-    out = np.empty((horizon, batch, n), dtype=np.float32)
-    groups = max(1, min(threads or torch.get_num_threads(), batch))
-    bounds = np.linspace(0, batch, groups + 1).astype(np.int64)
+    packed = PackedContext.of(model, batch.context, batch.valid_from)
+    state = _initial_states(np.asarray(batch.x0, dtype=np.float32), model.B.detach().cpu().numpy().astype(np.float32))
+    unit = np.ascontiguousarray(batch.unit, dtype=np.int64)
+    trajectories, n = len(unit), model.arch.N
+    out = np.empty((horizon, trajectories, n), dtype=np.float32)
+    groups = max(1, min(threads or torch.get_num_threads(), trajectories))
+    bounds = np.linspace(0, trajectories, groups + 1).astype(np.int64)
 
     def advance(noise, start, group):
         _advance(state, noise, out, start, bounds[group], bounds[group + 1], unit, *packed.arrays(), *weights.arrays())
 
     start = 0
     with ThreadPoolExecutor(groups) as pool:
-        for noise in noise_blocks(streams, horizon, n):
+        for noise in noise_blocks(batch.streams, horizon, n):
             list(pool.map(partial(advance, noise, start), range(groups)))
             start += noise.shape[1]
     return out

@@ -156,5 +156,9 @@ class DynaMix(nn.Module):
         experts = a * z[:, None, :] + torch.einsum("jmk,bk->bjm", w, phi) + h  # (B, J, M)
         return torch.einsum("bj,bjm->bm", weights, experts)
 
+    @property
+    def device(self) -> torch.device:
+        return self.B.device
+
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -9,86 +9,50 @@ import numpy as np
 import pandas as pd
 from sktime.forecasting.base import BaseForecaster
 
-from .config import ForecastConfig
+from .options import OPTIONS_DOC, ForecastOptions
+from .pipeline import DynaMixPipeline
 from .weights import DEFAULT_MODEL
 
 
 class DynaMixForecaster(BaseForecaster):
     """Zero-shot DynaMix forecaster for dynamical systems.
 
-    DynaMix is a pretrained mixture of almost-linear RNN experts whose gating attends
-    over the context, so ``fit`` trains nothing: it loads the weights (once per process)
-    and stores the history, and every forecast is a rollout conditioned on it. Series,
-    multivariate frames, panels and hierarchies are supported; all series of a panel go
-    through the model as one batch, whatever their lengths.
+        DynaMix is a pretrained mixture of almost-linear RNN experts whose gating attends
+        over the context, so ``fit`` trains nothing: it loads the weights (once per process)
+        and stores the history, and every forecast is a rollout conditioned on it. Series,
+        multivariate frames, panels and hierarchies are supported; all series of a panel go
+        through the model as one batch, whatever their lengths.
 
-    Parameters
-    ----------
-    model : str or None, default=None
-        A registered weight set (see ``dynamix_adapters.known_models()``) or a path to a
-        ``.safetensors`` or official ``.bson`` file. None is the project default,
-        ``dynamix_adapters.DEFAULT_MODEL`` (the official pretrained weights).
-    context_length : int or None, default=None
-        Condition on the last ``context_length`` observations of each series; None uses
-        all history. Every forecast step attends over the whole context, so time grows
-        linearly with it: with the official weights on one CPU, a context of 2,000 and a
-        horizon of 1,000 take about 0.04 s for the point forecast and about 2 s for 100
-        sample paths (0.2 s at horizon 100). Longer contexts show the model more of the
-        attractor, which is what it forecasts from.
-    preprocessing : str, default="pos_embedding"
-        How series with fewer dims than the model (3 for the official weights) are
-        embedded: "pos_embedding", "delay_embedding", "delay_embedding_random" or
-        "zero_embedding". Series with more dims are forecast one dim at a time.
-    standardize : bool, default=True
-        Z-score each series and dim over its context, and undo it on the forecast.
-    nonstationary : bool, default=False
-        Remove a Box-Cox transform and a power-law trend before forecasting, restored on
-        the forecast; for trending series.
-    n_samples : int, default=100
-        Monte-Carlo sample paths of the model's gating noise, drawn as one batch, from
-        which ``predict_interval``, ``predict_quantiles`` and ``predict_var`` come
-        (empirical quantiles and variance).
-    point_forecast : str, default="path"
-        What ``predict`` returns. "path" is one seeded model trajectory: it keeps the
-        attractor's long-term statistics (its geometry and power spectrum), which is what
-        DynaMix is built to reproduce, at 1/``n_samples`` the cost of the alternatives.
-        "median" averages the sample paths pointwise; it is the MAE-optimal choice for
-        short-horizon accuracy and equals the 0.5 quantile, but on a chaotic system it
-        decays towards the attractor's centre once the paths decorrelate. "mean" is the
-        MSE-optimal counterpart of "median".
-    random_state : int or None, default=None
-        Seeds every random draw. Each predict starts a fresh stream from it, so repeated
-        predicts, pickled copies and clones give identical forecasts. None draws fresh
-        randomness on every call.
-    device : str, default="cpu"
-        torch device for the model, e.g. "cuda".
+        Parameters
+        ----------
+    {options}
 
-    Attributes
-    ----------
-    model_name_ : str
-        The weight set actually used (the registered name or the path).
-    n_parameters_ : int
-        Parameter count of the loaded model.
-    embedding_ : str
-        The embedding applied to the fitted series, given their number of dims.
+        Attributes
+        ----------
+        model_name_ : str
+            The weight set actually used (the registered name or the path).
+        n_parameters_ : int
+            Parameter count of the loaded model.
+        embedding_ : str
+            The embedding applied to the fitted series, given their number of dims.
 
-    Examples
-    --------
-    >>> from sktime.datasets import load_airline
-    >>> from dynamix_adapters import DynaMixForecaster
-    >>> y = load_airline()
-    >>> forecaster = DynaMixForecaster(nonstationary=True, random_state=0)  # doctest: +SKIP
-    >>> forecaster.fit(y)  # doctest: +SKIP
-    DynaMixForecaster(nonstationary=True, random_state=0)
-    >>> y_pred = forecaster.predict(fh=[1, 2, 3])  # doctest: +SKIP
-    >>> intervals = forecaster.predict_interval(fh=[1, 2, 3], coverage=0.9)  # doctest: +SKIP
+        Examples
+        --------
+        >>> from sktime.datasets import load_airline
+        >>> from dynamix_adapters import DynaMixForecaster
+        >>> y = load_airline()
+        >>> forecaster = DynaMixForecaster(nonstationary=True, random_state=0)  # doctest: +SKIP
+        >>> forecaster.fit(y)  # doctest: +SKIP
+        DynaMixForecaster(nonstationary=True, random_state=0)
+        >>> y_pred = forecaster.predict(fh=[1, 2, 3])  # doctest: +SKIP
+        >>> intervals = forecaster.predict_interval(fh=[1, 2, 3], coverage=0.9)  # doctest: +SKIP
 
-    Offline, with a tiny random checkpoint instead of the official weights:
+        Offline, with a tiny random checkpoint instead of the official weights:
 
-    >>> from dynamix_adapters.weights import tiny_test_checkpoint
-    >>> tiny = DynaMixForecaster(model=str(tiny_test_checkpoint()), n_samples=20, random_state=0)
-    >>> tiny.fit(y).predict(fh=[1, 2, 3]).shape
-    (3,)
+        >>> from dynamix_adapters.weights import tiny_test_checkpoint
+        >>> tiny = DynaMixForecaster(model=str(tiny_test_checkpoint()), n_samples=20, random_state=0)
+        >>> tiny.fit(y).predict(fh=[1, 2, 3]).shape
+        (3,)
     """
 
     _tags: ClassVar[dict] = {
@@ -141,18 +105,23 @@ class DynaMixForecaster(BaseForecaster):
             return super()._check_fh(fh, pred_int=pred_int)
 
     def _fit(self, y, X, fh):
-        config = ForecastConfig.from_params(self.get_params(deep=False))
-        net = config.load()
-        self._forecast_config = config
+        net = self._pipeline.model
         self._instances, self._series = _split_instances(y)
         self._index_names = list(y.index.names)
         self._columns = y.columns
         self._check_lengths(self._instances, self._series)
         self._track_cutoffs()
-        self.model_name_ = str(config.model or DEFAULT_MODEL)
+        self.model_name_ = str(self.model or DEFAULT_MODEL)
         self.n_parameters_ = net.parameter_count()
-        self.embedding_ = _embedding_used(config.preprocessing, y.shape[1], net.arch.N)
+        self.embedding_ = _embedding_used(self.preprocessing, y.shape[1], net.arch.N)
         return self
+
+    @property
+    def _pipeline(self) -> DynaMixPipeline:
+        """The model (loaded once per process, never pickled with the forecaster) with this forecaster's options."""
+        return DynaMixPipeline.from_pretrained(
+            self.model, self.device, **ForecastOptions.pick(self.get_params(deep=False))
+        )
 
     def _update(self, y, X=None, update_params=True):
         # A zero-shot model has no parameters to refit: whatever update_params says, the
@@ -176,14 +145,12 @@ class DynaMixForecaster(BaseForecaster):
 
     def _predict(self, fh, X=None):
         steps, index = self._horizon(fh)
-        point, _ = self._forecast_config.predict(self._contexts(), int(steps.max()), names=self._labels())
+        point = self._pipeline.predict(self._contexts(), int(steps.max()), names=self._labels())  # (H, S, D)
         return self._frame(point, steps, index, self._columns)
 
     def _predict_quantiles(self, fh, X, alpha):
         steps, index = self._horizon(fh)
-        _, samples = self._forecast_config.predict(
-            self._contexts(), int(steps.max()), with_samples=True, names=self._labels()
-        )
+        samples = self._pipeline.predict_samples(self._contexts(), int(steps.max()), names=self._labels())
         quantiles = np.quantile(samples, alpha, axis=0)  # (A, H, S, D)
         # Columns are (variable, alpha) with alpha varying fastest.
         values = quantiles.transpose(1, 2, 3, 0).reshape(*quantiles.shape[1:3], -1)
@@ -191,9 +158,7 @@ class DynaMixForecaster(BaseForecaster):
 
     def _predict_var(self, fh, X=None, cov=False):
         steps, index = self._horizon(fh)
-        _, samples = self._forecast_config.predict(
-            self._contexts(), int(steps.max()), with_samples=True, names=self._labels()
-        )
+        samples = self._pipeline.predict_samples(self._contexts(), int(steps.max()), names=self._labels())
         return self._frame(samples.var(axis=0), steps, index, self._columns)
 
     def _contexts(self) -> list[np.ndarray]:
@@ -254,7 +219,7 @@ class DynaMixForecaster(BaseForecaster):
 
     def _check_lengths(self, instances: list[tuple] | None, series: list[pd.DataFrame]) -> None:
         names = ["y"] if instances is None else [f"series {key} of y" for key in instances]
-        self._forecast_config.check_lengths([len(frame) for frame in series], len(self._columns), names)
+        self._pipeline.check_lengths([len(frame) for frame in series], len(self._columns), names)
 
     @classmethod
     def get_test_params(cls, parameter_set="default"):
@@ -284,6 +249,9 @@ class DynaMixForecaster(BaseForecaster):
                 "random_state": 1,
             },
         ]
+
+
+DynaMixForecaster.__doc__ = DynaMixForecaster.__doc__.replace("{options}", OPTIONS_DOC)
 
 
 def _split_instances(y: pd.DataFrame) -> tuple[list[tuple] | None, list[pd.DataFrame]]:

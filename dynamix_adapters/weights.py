@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_DIR_ENV = "DYNAMIX_MODEL_DIR"
 HF_REPO = "DurstewitzLab/dynamix"
-PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parent / "bundled_weights"
 SAFETENSORS_FLOAT_DTYPES = ("F16", "F32", "F64")
 MAX_EXPERTS = 4096
 

@@ -8,8 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 
 from dynamix_adapters.model import Architecture, DynaMix
+
+# Property tests: a fixed example sequence under CI=true, so CI cannot go red without a change;
+# randomized locally; `make hunt` searches long for new cases (DYNAMIX_PROPERTY_EXAMPLES, profile "hunt").
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.register_profile("hunt", print_blob=True, report_multiple_bugs=True)
+settings.load_profile(
+    os.environ.get("DYNAMIX_HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI", "").lower() == "true" else "dev")
+)
 
 # Hugging Face is unreachable here; fail fast instead of retrying for half a minute.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -9,16 +9,9 @@ import pytest
 import torch
 
 from dynamix_adapters import forecast
-from dynamix_adapters.engine import (
-    NOISE_CHUNK_STEPS,
-    DivergenceError,
-    noise_blocks,
-    noise_chunks,
-    numba_import_error,
-    rollout,
-    select_backend,
-)
+from dynamix_adapters.engine import DivergenceError, RolloutBatch, numba_import_error, rollout, select_backend
 from dynamix_adapters.fast_rollout import PackedContext, Weights, _advance, _compile, rollout_compiled
+from dynamix_adapters.noise import NOISE_CHUNK_STEPS, noise_blocks, noise_chunks
 
 from .conftest import make_tiny_model
 
@@ -38,10 +31,16 @@ def left_padded(series: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return context, np.array([length - len(s) for s in series])
 
 
+def make_batch(context, valid_from, unit, seeds, x0=None) -> RolloutBatch:
+    """Trajectories of ``unit`` started from their units' last frames (or x0), one stream per seed."""
+    x0 = context[unit, -1] if x0 is None else x0
+    labels = tuple(f"unit {u}" for u in range(len(context)))
+    return RolloutBatch(context, np.asarray(valid_from), x0, np.asarray(unit), streams(*seeds), labels)
+
+
 def both_backends(model, context, valid_from, unit, seeds, horizon=STEPS):
-    x0 = context[unit, -1]
-    fast = rollout(model, context, valid_from, x0, unit, horizon, streams(*seeds), backend="numba")
-    reference = rollout(model, context, valid_from, x0, unit, horizon, streams(*seeds), backend="torch")
+    fast = rollout(model, make_batch(context, valid_from, unit, seeds), horizon, backend="numba")
+    reference = rollout(model, make_batch(context, valid_from, unit, seeds), horizon, backend="torch")
     return fast, reference
 
 
@@ -120,12 +119,12 @@ def test_fast_matches_torch_with_padding_and_samples(sizes):
 def test_a_trajectory_does_not_depend_on_batch_or_threads(official_model, shared_series):
     context, valid_from = left_padded([shared_series("sprottM")[:512], shared_series("chua")[:300]])
     unit = np.array([1, 0, 1, 0, 1])
-    x0 = context[unit, -1]
     batched = [
-        rollout_compiled(official_model, context, valid_from, x0, unit, 300, streams(*range(5)), threads=threads)
+        rollout_compiled(official_model, make_batch(context, valid_from, unit, range(5)), 300, threads=threads)
         for threads in (1, 2, 3)
     ]
-    alone = rollout_compiled(official_model, context[1:], valid_from[1:], x0[[2]], np.array([0]), 300, streams(2))
+    alone_batch = make_batch(context[1:], valid_from[1:], np.array([0]), [2], x0=context[[1], -1])
+    alone = rollout_compiled(official_model, alone_batch, 300)
     for other in batched[1:]:
         np.testing.assert_array_equal(other, batched[0])
     np.testing.assert_array_equal(alone[:, 0], batched[0][:, 2])
@@ -170,8 +169,9 @@ def test_rollout_rejects_inconsistent_inputs(tiny_model, change, message):
     inputs = {"valid_from": np.array([0, 5]), "x0": np.zeros((2, 3)), "unit": np.array([0, 1])}
     inputs.update(change)
     context = np.zeros((2, 20, 3), dtype=np.float32)
+    batch = make_batch(context, inputs["valid_from"], inputs["unit"], [0, 1], x0=inputs["x0"])
     with pytest.raises(ValueError, match=message):
-        rollout(tiny_model, context, inputs["valid_from"], inputs["x0"], inputs["unit"], 5, streams(0, 1))
+        rollout(tiny_model, batch, 5)
 
 
 def test_diverging_rollout_turns_non_finite_like_torch_and_forecast_raises():
@@ -196,7 +196,7 @@ def test_memory_stays_linear_in_horizon_and_context(official_model, shared_serie
     context, _ = left_padded([lorenz[start : start + length] for start in range(0, 100 * batch, 100)])
     unit = np.arange(batch)
     tracemalloc.start()
-    out = rollout(official_model, context, np.zeros(batch, int), context[:, -1], unit, horizon, streams(*unit))
+    out = rollout(official_model, make_batch(context, np.zeros(batch, int), unit, unit), horizon)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert np.isfinite(out).all()

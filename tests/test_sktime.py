@@ -23,7 +23,7 @@ from sktime.split import ExpandingWindowSplitter
 from sktime.transformations.series.boxcox import LogTransformer
 from sktime.transformations.series.detrend import Detrender
 
-import dynamix_adapters.config
+import dynamix_adapters.pipeline
 from dynamix_adapters import DynaMixForecaster
 from dynamix_adapters.weights import tiny_test_checkpoint
 
@@ -123,13 +123,13 @@ def test_multivariate_columns_preserved(tiny):
 def test_panel_is_one_batched_call_and_matches_single_series(tiny, monkeypatch, hierarchical):
     y = panel(hierarchical=hierarchical)
     batches = []
-    forecast_paths = dynamix_adapters.config.forecast_paths
+    rollout = dynamix_adapters.pipeline.rollout
 
-    def recording(net, series, horizon, **kwargs):
-        batches.append([len(s) for s in series])
-        return forecast_paths(net, series, horizon, **kwargs)
+    def recording(model, batch, horizon, backend):
+        batches.append([int(batch.context.shape[1] - start) for start in batch.valid_from])
+        return rollout(model, batch, horizon, backend)
 
-    monkeypatch.setattr(dynamix_adapters.config, "forecast_paths", recording)
+    monkeypatch.setattr(dynamix_adapters.pipeline, "rollout", recording)
     forecaster = tiny().fit(y)
     prediction = forecaster.predict(fh=[1, 3])
     assert batches == [[50, 64, 57]], "all series of a panel go through the model in one call"

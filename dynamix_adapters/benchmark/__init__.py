@@ -394,7 +394,7 @@ def _darts(settings: Settings, variants: dict[str, dict], frame: pd.DataFrame, y
 
 def _fans(settings: Settings, weights: str, series: dict[str, pd.Series], folder: Path) -> list[Path]:
     """Interval fans of the last window of two series: DynaMix default settings, and with the non-stationary option."""
-    from ..config import ForecastConfig
+    from ..pipeline import DynaMixPipeline
 
     plots = []
     for name in FAN_DATASETS:
@@ -403,21 +403,22 @@ def _fans(settings: Settings, weights: str, series: dict[str, pd.Series], folder
         y, horizon = series[name], real_world.DATASETS[name].horizon
         context, truth = y.iloc[:-horizon], y.iloc[-horizon:]
         for nonstationary in (False, True):
-            config = ForecastConfig(
-                model=weights,
+            pipeline = DynaMixPipeline.from_pretrained(
+                weights,
                 n_samples=settings.n_samples,
                 point_forecast="median",
                 nonstationary=nonstationary,
                 random_state=real_world.FORECAST_SEED,
             )
-            point, samples = config.predict([context.to_numpy()[:, None]], horizon, with_samples=True)
+            values = context.to_numpy()[:, None]
+            point, samples = pipeline.predict(values, horizon), pipeline.predict_samples(values, horizon)
             label = "pos_embedding" + (" + nonstationary" if nonstationary else "")
             plots.append(
                 report.fan_plot(
                     context,
                     truth,
-                    point[:, 0, 0],
-                    samples[:, :, 0, 0],
+                    point[:, 0],
+                    samples[:, :, 0],
                     f"{name}: DynaMix {label} ({weights})",
                     folder / f"fan-{name}{'-nonstationary' if nonstationary else ''}.png",
                 )
