@@ -3,7 +3,9 @@
 Both trainers run full updates (batch sampling, loss and gradient, per-array
 clipping, RAdam) of the shipped architecture on the same batches, on one thread,
 at the same batch size. The torch side is the v0.2 trainer's update path: autograd
-through ``sequence_length - 1`` steps with the gating query not detached. Rounds
+through ``sequence_length - 1`` steps with the gating query not detached (v0.2 also
+capped per-sequence losses and clipped the global gradient norm instead of each
+array's; both are a handful of small tensor operations per update). Rounds
 alternate between the two, so that load from other work on the machine hits both
 alike; the script prints the median time per sequence of each and their ratio
 against the 4x bar.
