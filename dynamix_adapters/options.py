@@ -15,6 +15,8 @@ import numpy as np
 from .preprocessing import check_preprocessing
 
 POINT_FORECASTS = ("path", "median", "mean")
+# Chosen per series by in-context validation (selection.py), which also calibrates the spread.
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -31,15 +33,16 @@ class ForecastOptions:
     """
 
     context_length: int | None = None
-    preprocessing: str = "pos_embedding"
+    preprocessing: str = AUTO
     standardize: bool = True
-    nonstationary: bool = False
+    nonstationary: bool | str = AUTO
     n_samples: int = 100
     point_forecast: str = "path"
     random_state: int | None = None
 
     def __post_init__(self):
-        check_preprocessing(self.preprocessing)
+        if self.preprocessing != AUTO:
+            check_preprocessing(self.preprocessing)
         if self.point_forecast not in POINT_FORECASTS:
             raise ValueError(f"Unknown point_forecast {self.point_forecast!r}; choose one of {POINT_FORECASTS}.")
         if self.context_length is not None:
@@ -51,8 +54,10 @@ class ForecastOptions:
         if seed is not None and not isinstance(seed, np.random.Generator):
             _check_int(seed, "random_state", 0)
         for name in ("standardize", "nonstationary"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)) and not (name == "nonstationary" and value == AUTO):
+                allowed = "True, False or 'auto'" if name == "nonstationary" else "True or False"
+                raise ValueError(f"{name} must be {allowed}, got {value!r}.")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -87,15 +92,29 @@ OPTIONS_DOC = """\
         Condition on the last ``context_length`` observations of each series; None uses all
         history. Every forecast step attends over the whole context, so time grows linearly
         with it. Longer contexts show the model more of the attractor it forecasts from.
-    preprocessing : str, default="pos_embedding"
+    preprocessing : str, default="auto"
         How series with fewer dims than the model (3) are embedded: "pos_embedding",
         "delay_embedding", "delay_embedding_random" or "zero_embedding". Series with more
-        dims are forecast one dim at a time.
+        dims are forecast one dim at a time (each dim embedded). "auto" chooses per series
+        by in-context validation: the last 3 windows of the context (each as long as the
+        horizon, at most a fifth of the context) are forecast from the history before them
+        with every embedding, and the one with the lowest validation MASE (mean absolute
+        error of the median path over the mean one-step change) is kept; the default
+        embedding wins ties within 2%. A series with as many dims as the model needs no
+        embedding. The choice is reported (``DynaMixPipeline.selections``, sktime
+        ``get_fitted_params()``, darts ``selections_``, the CLI's log).
     standardize : bool, default=True
         Z-score each series and dim over its context, and undo it on the forecast.
-    nonstationary : bool, default=False
+    nonstationary : bool or "auto", default="auto"
         Remove a Box-Cox transform and a power-law trend before forecasting, and restore them
-        on the forecast; for trending series.
+        on the forecast; for trending series. "auto" validates both, as ``preprocessing``
+        does; the transform must beat the stationary forecast by 2% to be kept.
+        With either option "auto", the same validation forecasts calibrate the sample paths
+        behind intervals, quantiles, variances and "median"/"mean" point forecasts: their
+        spread at each step is set to the validation error (see ``calibration``). Contexts
+        too short for validation (fewer than 10 observations before the first window) get
+        pos_embedding, stationary, and the model's own, uncalibrated spread. With both
+        options explicit, forecasts are exactly those of earlier versions, uncalibrated.
     n_samples : int, default=100
         Monte-Carlo sample paths behind intervals, quantiles, variances and a "median" or
         "mean" point forecast, drawn as one batch.

@@ -27,9 +27,10 @@ import torch
 from .encoding import SeriesEncoding
 from .engine import DivergenceError, RolloutBatch, check_backend, check_divergence, rollout
 from .model import DynaMix
-from .noise import seed_entropy
-from .options import ForecastOptions
-from .preprocessing import min_context_length
+from .noise import content_key, seed_entropy
+from .options import AUTO, ForecastOptions
+from .preprocessing import EMBEDDINGS, min_context_length
+from .selection import Selection, select
 from .weights import load_model
 
 DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -98,6 +99,8 @@ class DynaMixPipeline:
         self.model = model
         self.options = options or ForecastOptions()
         self.backend = check_backend(backend)
+        # What "auto" chose per series in the latest forecast (selection.Selection.record() reads it).
+        self.selections: list[Selection] = []
 
     @classmethod
     def from_pretrained(
@@ -116,7 +119,9 @@ class DynaMixPipeline:
 
     def min_context_length(self, n_dims: int) -> int:
         """Shortest history these options can forecast a series with ``n_dims`` dims from."""
-        return min_context_length(self.options.preprocessing, n_dims, self.model.arch.N)
+        # "auto" falls back to the default embedding on contexts too short to validate.
+        preprocessing = EMBEDDINGS[0] if self.options.preprocessing == AUTO else self.options.preprocessing
+        return min_context_length(preprocessing, n_dims, self.model.arch.N)
 
     def check_lengths(self, lengths: Sequence[int], n_dims: int, names: Sequence[str]) -> None:
         """Raise a ValueError naming the first series too short to forecast with these options."""
@@ -185,12 +190,15 @@ class DynaMixPipeline:
         self._check_shortest(series)
         labels = list(names) if names is not None else [f"series {s}" for s in range(len(series))]
         starts = initial_points(
-            initial_x, len(series), series[0].shape[1], self.model.arch.N, self.options.nonstationary
+            initial_x, len(series), series[0].shape[1], self.model.arch.N, self.options.nonstationary is True
         )
         entropy = seed_entropy(self.options.random_state)
+        self.selections = select(self, series, horizon, entropy, starts is not None)
         encodings = [
-            SeriesEncoding.fit(x, self.options, self.model.arch.N, entropy, None if starts is None else starts[s])
-            for s, x in enumerate(series)
+            SeriesEncoding.fit(
+                x, choice.options(self.options), self.model.arch.N, entropy, None if starts is None else starts[s]
+            )
+            for s, (x, choice) in enumerate(zip(series, self.selections, strict=True))
         ]
         batch = self._batch(encodings, labels, n_paths, entropy)
         observed = rollout(self.model, batch, horizon, self.backend)  # (H, P*U, N)
@@ -202,7 +210,16 @@ class DynaMixPipeline:
             out.append(encoding.decode(observed[:, :, first_unit : first_unit + units]))
             first_unit += units
         paths = np.stack(out, axis=2)  # (P, H, S, D)
-        raise_if_overflowed(paths, labels, self.options.nonstationary)
+        raise_if_overflowed(paths, labels, any(choice.nonstationary for choice in self.selections))
+        return self._calibrate(paths, series, entropy) if n_paths > 1 else paths
+
+    def _calibrate(self, paths: np.ndarray, series: list[np.ndarray], entropy: int) -> np.ndarray:
+        """paths (P, H, S, D): each validated series' paths spread to its validation error (calibration.py)."""
+        for s, (x, choice) in enumerate(zip(series, self.selections, strict=True)):
+            if choice.spread is not None:
+                # Keyed by the series' values like its paths' streams, so batching never changes the draws.
+                rng = np.random.default_rng([entropy, content_key(x), 0, 1])
+                paths[:, :, s] = choice.spread.apply(paths[:, :, s], x.std(axis=0), rng)
         return paths
 
     def _check_shortest(self, series: list[np.ndarray]) -> None:
