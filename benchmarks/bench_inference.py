@@ -47,6 +47,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from dynamix_adapters import engine  # noqa: E402
+
 SHARED = Path(os.environ.get("DYNAMIX_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 AGREEMENT_STEPS = 100
 TORCH_SHORT_HORIZON = 50
@@ -108,18 +110,8 @@ class Inputs:
 def run_backend(model, inputs: Inputs, horizon: int, backend: str) -> np.ndarray:
     """(H, S, N) observed dims from one backend, on one thread."""
     context, valid_from, x0, unit, streams = inputs.arguments()
-    if backend == "batched":
-        from dynamix_adapters.batched_rollout import rollout_batched
-
-        return rollout_batched(model, context, valid_from, x0, unit, horizon, streams, threads=1)
-    from dynamix_adapters import engine
-
-    # engine.rollout takes a RolloutBatch where the lead's restructuring has landed, else the arrays themselves.
-    if hasattr(engine, "RolloutBatch"):
-        labels = tuple(str(u) for u in range(len(context)))
-        batch = engine.RolloutBatch(context, valid_from, x0, unit, streams, labels)
-        return engine.rollout(model, batch, horizon, backend=backend)
-    return engine.rollout(model, context, valid_from, x0, unit, horizon, streams, backend=backend)
+    labels = tuple(str(u) for u in range(len(context)))
+    return engine.rollout(model, engine.RolloutBatch(context, valid_from, x0, unit, streams, labels), horizon, backend)
 
 
 def timed(func, repeats: int) -> tuple[float, float, object]:
@@ -278,9 +270,9 @@ def crossover(model, series: np.ndarray, repeats: int) -> None:
                 first = batch
             print(f"{length:>8}{batch:>8}{numba_cpu:>10.3f}{batched_cpu:>11.3f}{batched_cpu / numba_cpu:>17.2f}")
         print(f"context {length}: batched is faster from {first} series on")
-    from dynamix_adapters.batched_rollout import BATCHED_MIN_TRAJECTORIES
+    from dynamix_adapters.engine import BATCHED_MIN_PATHS
 
-    print(f"batched_rollout.BATCHED_MIN_TRAJECTORIES = {BATCHED_MIN_TRAJECTORIES}")
+    print(f'engine.BATCHED_MIN_PATHS = {BATCHED_MIN_PATHS} ("auto" compares it with the sample paths per series)')
 
 
 def cold_start(model_name: str) -> None:

@@ -18,7 +18,7 @@ starts, so its frames stay in cache: at context 512 its keys, encodings and scor
 per step for 1,024 series at context 2,000).
 
 A tile costs the same whatever number of its lanes are real, so few trajectories run
-faster one by one in ``fast_rollout`` (``BATCHED_MIN_TRAJECTORIES``).
+faster one by one in ``fast_rollout`` (``engine.BATCHED_MIN_PATHS``).
 
 Within this backend a trajectory's forecast is bit for bit the same alone or in any
 batch, at any lane, with any tile partners and any thread split: every operation is
@@ -44,8 +44,9 @@ NaN/inf, as in torch, where divergence detection relies on it.
 >>> from dynamix_adapters.model import Architecture, DynaMix
 >>> net = DynaMix(Architecture(M=8, N=3, J=2, P=1))
 >>> context = np.random.default_rng(0).standard_normal((1, 50, 3)).astype(np.float32)
->>> streams = [np.random.default_rng(1)]
->>> rollout_batched(net, context, np.array([0]), context[:, -1], np.array([0]), 20, streams).shape
+>>> from dynamix_adapters.engine import RolloutBatch
+>>> batch = RolloutBatch(context, np.array([0]), context[:, -1], np.array([0]), [np.random.default_rng(1)], ("x",))
+>>> rollout_batched(net, batch, 20).shape
 (20, 1, 3)
 """
 
@@ -54,6 +55,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
@@ -65,16 +67,14 @@ from .fast_rollout import LOG2_E, PackedContext, Weights, _initial_states
 from .model import DynaMix
 from .noise import noise_blocks
 
+if TYPE_CHECKING:
+    from .engine import RolloutBatch
+
 # Trajectories per tile: rows long enough to amortize entering each lane loop (32 lanes measured 1.1-1.2x slower
 # per trajectory at context 512 and 2,000; 128 no faster at 512), a tile's frames at context 512 within L2.
 LANES = 64
 # Frames per float32 partial sum of the attention, before it is added in float64.
 SUM_BLOCK = 32
-# From this many trajectories on, the batched rollout beats the per-series kernel (``fast_rollout``). Measured
-# with bench_inference.py (crossover; one thread, 2-vCPU Xeon, H 1,000, CPU seconds): at context 512 batched takes
-# 0.90x numba's time for 20 series and 0.75x for 24 (1.10x for 16); at context 2,000, 1.06x for 24 and 0.77x for 32.
-# A tile costs the same however few of its 64 lanes are real, so the crossover grows with the context length.
-BATCHED_MIN_TRAJECTORIES = 24
 # Attention weights exp(x) with x < -60 count as zero. T of them change the attention by less than T * 1e-26
 # relative, far below float32 resolution; and weights times encodings stay clear of float32 subnormals, whose
 # arithmetic is two orders of magnitude slower (the numba backend's cutoff, -87, gave many on Lorenz-63).
@@ -102,51 +102,21 @@ def _compile_inline(func):
     return _compile(func, inline="always")
 
 
-def rollout_batched(
-    model: DynaMix,
-    context: np.ndarray,
-    valid_from: np.ndarray,
-    x0: np.ndarray,
-    unit: np.ndarray,
-    horizon: int,
-    streams: list[np.random.Generator],
-    threads: int | None = None,
-) -> np.ndarray:
+def rollout_batched(model: DynaMix, batch: RolloutBatch, horizon: int, threads: int | None = None) -> np.ndarray:
     """The batched counterpart of ``fast_rollout.rollout_compiled``: observed dims (H, B, N), float32.
 
-    Parameters
-    ----------
-    model : DynaMix
-        The network; its weights are copied to float32 arrays once per call.
-    context : np.ndarray
-        (U, T, N) preprocessed contexts, left-padded to a common T.
-    valid_from : np.ndarray
-        (U,) index of each unit's first real frame.
-    x0 : np.ndarray
-        (B, N) initial observations.
-    unit : np.ndarray
-        (B,) unit of each trajectory.
-    horizon : int
-        Steps H to roll out.
-    streams : list of np.random.Generator
-        (B,) noise stream of each trajectory.
-    threads : int, optional
-        Threads to split the tiles over (default ``torch.get_num_threads()``); results do not depend on it.
-
-    Returns
-    -------
-    np.ndarray
-        (H, B, N) float32, the observed dims of every trajectory for steps 1..H.
+    Call it through ``engine.rollout(model, batch, horizon, backend="batched")``, which validates the batch.
+    ``threads`` (default ``torch.get_num_threads()``) split the tiles; results do not depend on it.
     """
     weights = Weights.of(model)
-    packed = PackedContext.of(model, context, valid_from)
-    state = _initial_states(np.asarray(x0, dtype=np.float32), model.B.detach().cpu().numpy().astype(np.float32))
-    unit = np.ascontiguousarray(unit, dtype=np.int64)
-    batch, n, m = len(unit), model.arch.N, model.arch.M
+    packed = PackedContext.of(model, batch.context, batch.valid_from)
+    state = _initial_states(np.asarray(batch.x0, dtype=np.float32), model.B.detach().cpu().numpy().astype(np.float32))
+    unit = np.ascontiguousarray(batch.unit, dtype=np.int64)
+    trajectories, n, m = len(unit), model.arch.N, model.arch.M
     # Rows of every expert's W back to back, so that W_j phi for all j is one (J*M, M) x (M, L) product.
     w_rows = np.ascontiguousarray(weights.W_columns.T)  # (J*M, M)
-    out = np.empty((horizon, batch, n), dtype=np.float32)
-    tiles = -(-batch // LANES)
+    out = np.empty((horizon, trajectories, n), dtype=np.float32)
+    tiles = -(-trajectories // LANES)
     groups = max(1, min(threads or torch.get_num_threads(), tiles))
     bounds = np.linspace(0, tiles, groups + 1).astype(np.int64)
     lane_state = np.empty((tiles, m, LANES), dtype=np.float32)  # (tiles, M, L): latent state, lanes last
@@ -161,7 +131,7 @@ def rollout_batched(
 
     start = 0
     with ThreadPoolExecutor(groups) as pool:
-        for noise in noise_blocks(streams, horizon, n):
+        for noise in noise_blocks(batch.streams, horizon, n):
             list(pool.map(partial(advance, noise, start), range(groups)))
             start += noise.shape[1]
     return out

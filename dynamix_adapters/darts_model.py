@@ -22,50 +22,50 @@ from .pipeline import DynaMixPipeline
 class DynaMixModel(LocalForecastingModel):
     """Zero-shot DynaMix forecasts of dynamical systems as a darts model.
 
-        DynaMix is a pretrained foundation model: ``fit`` only stores the series, and
-        ``predict`` forecasts it, or any other series passed as ``series``, without
-        training. Uni- and multivariate series work; a list of series is forecast in one
-        batched model call (one per number of components). ``num_samples > 1`` returns
-        model sample paths, so ``quantile`` and darts' probabilistic metrics apply.
+    DynaMix is a pretrained foundation model: ``fit`` only stores the series, and
+    ``predict`` forecasts it, or any other series passed as ``series``, without
+    training. Uni- and multivariate series work; a list of series is forecast in one
+    batched model call (one per number of components). ``num_samples > 1`` returns
+    model sample paths, so ``quantile`` and darts' probabilistic metrics apply.
 
-        ``historical_forecasts`` and ``backtest`` accept ``retrain=False``, the fast path:
-        fit once (on any series), and every window is forecast from the history before it
-        by that one model, instead of a fresh model built and fitted per window. Each
-        window's forecast depends only on its history and the seed, so with a fixed
-        ``random_state`` ``retrain=True`` and ``retrain=False`` give the same forecasts.
+    ``historical_forecasts`` and ``backtest`` accept ``retrain=False``, the fast path:
+    fit once (on any series), and every window is forecast from the history before it
+    by that one model, instead of a fresh model built and fitted per window. Each
+    window's forecast depends only on its history and the seed, so with a fixed
+    ``random_state`` ``retrain=True`` and ``retrain=False`` give the same forecasts.
 
-        The torch model is loaded lazily at fit through a per-process cache and is never
-        pickled: ``save``/``load`` store only the parameters and the training series.
+    The torch model is loaded lazily at fit through a per-process cache and is never
+    pickled: ``save``/``load`` store only the parameters and the training series.
 
-        Parameters
-        ----------
+    Parameters
+    ----------
     {options}
 
-        Examples
-        --------
-        >>> from dynamix_adapters import DynaMixModel
-        >>> model = DynaMixModel(context_length=512, random_state=0)
-        >>> model.supports_probabilistic_prediction, model.supports_multivariate
-        (True, True)
+    Examples
+    --------
+    >>> from dynamix_adapters import DynaMixModel
+    >>> model = DynaMixModel(context_length=512, random_state=0)
+    >>> model.supports_probabilistic_prediction, model.supports_multivariate
+    (True, True)
 
-        With the official weights available:
+    With the official weights available:
 
-        >>> from darts.utils.timeseries_generation import sine_timeseries
-        >>> series = sine_timeseries(length=200, value_frequency=0.05)
-        >>> forecast = model.fit(series).predict(24)  # doctest: +SKIP
-        >>> paths = model.predict(24, num_samples=50)  # doctest: +SKIP
-        >>> paths.n_samples  # doctest: +SKIP
-        50
-        >>> backtests = model.historical_forecasts(series, start=0.8, forecast_horizon=12, retrain=False)  # doctest: +SKIP
+    >>> from darts.utils.timeseries_generation import sine_timeseries
+    >>> series = sine_timeseries(length=200, value_frequency=0.05)
+    >>> forecast = model.fit(series).predict(24)  # doctest: +SKIP
+    >>> paths = model.predict(24, num_samples=50)  # doctest: +SKIP
+    >>> paths.n_samples  # doctest: +SKIP
+    50
+    >>> backtests = model.historical_forecasts(series, start=0.8, forecast_horizon=12, retrain=False)  # doctest: +SKIP
     """
 
     def __init__(
         self,
         model: str | None = None,
         context_length: int | None = None,
-        preprocessing: str = "pos_embedding",
+        preprocessing: str = "auto",
         standardize: bool = True,
-        nonstationary: bool = False,
+        nonstationary: bool | str = "auto",
         n_samples: int = 100,
         point_forecast: str = "path",
         random_state: int | None = None,
@@ -201,6 +201,7 @@ class DynaMixModel(LocalForecastingModel):
         for i, context in enumerate(contexts):
             by_width.setdefault(context.shape[1], []).append(i)
         values: list[np.ndarray] = [np.empty(0)] * len(inputs)
+        selections: list[dict] = [{}] * len(inputs)
         for members in by_width.values():
             batch = [contexts[i] for i in members]
             labels = [names[i] for i in members]
@@ -212,10 +213,14 @@ class DynaMixModel(LocalForecastingModel):
                 paths = pipeline.sample_paths(batch, n, num_samples, names=labels)  # (P, H, S, D)
                 for k, i in enumerate(members):
                     values[i] = paths[:, :, k, :].transpose(1, 2, 0)
+            for k, i in enumerate(members):
+                selections[i] = pipeline.selections[k].record()
+        # What "auto" chose for each series of the latest predict (selection.py): preprocessing, nonstationary.
+        self.selections_ = selections
         return [self._build_forecast_series(v, input_series=s) for v, s in zip(values, inputs, strict=True)]
 
 
-DynaMixModel.__doc__ = DynaMixModel.__doc__.replace("{options}", OPTIONS_DOC)
+DynaMixModel.__doc__ = DynaMixModel.__doc__.replace("    {options}", OPTIONS_DOC)
 
 
 def _reject_covariates(past_covariates, future_covariates) -> None:

@@ -147,7 +147,9 @@ class TrendTransform:
 
     @classmethod
     def fit(cls, x: np.ndarray) -> TrendTransform:
-        spread = max(float(np.ptp(x)), 1e-12)
+        # At least a billionth of the magnitude: below that, "shift below the minimum" can round to the minimum
+        # itself (a column near -1e6 varying by 1e-10), and Box-Cox then meets a zero.
+        spread = max(float(np.ptp(x)), 1e-12, 1e-9 * float(np.abs(x).max()))
         shift = float(x.min()) - 0.1 * spread
         positive = x - shift
         if np.ptp(positive) <= 1e-12 * spread:

@@ -17,42 +17,42 @@ from .weights import DEFAULT_MODEL
 class DynaMixForecaster(BaseForecaster):
     """Zero-shot DynaMix forecaster for dynamical systems.
 
-        DynaMix is a pretrained mixture of almost-linear RNN experts whose gating attends
-        over the context, so ``fit`` trains nothing: it loads the weights (once per process)
-        and stores the history, and every forecast is a rollout conditioned on it. Series,
-        multivariate frames, panels and hierarchies are supported; all series of a panel go
-        through the model as one batch, whatever their lengths.
+    DynaMix is a pretrained mixture of almost-linear RNN experts whose gating attends
+    over the context, so ``fit`` trains nothing: it loads the weights (once per process)
+    and stores the history, and every forecast is a rollout conditioned on it. Series,
+    multivariate frames, panels and hierarchies are supported; all series of a panel go
+    through the model as one batch, whatever their lengths.
 
-        Parameters
-        ----------
+    Parameters
+    ----------
     {options}
 
-        Attributes
-        ----------
-        model_name_ : str
-            The weight set actually used (the registered name or the path).
-        n_parameters_ : int
-            Parameter count of the loaded model.
-        embedding_ : str
-            The embedding applied to the fitted series, given their number of dims.
+    Attributes
+    ----------
+    model_name_ : str
+        The weight set actually used (the registered name or the path).
+    n_parameters_ : int
+        Parameter count of the loaded model.
+    embedding_ : str
+        The embedding applied to the fitted series, given their number of dims.
 
-        Examples
-        --------
-        >>> from sktime.datasets import load_airline
-        >>> from dynamix_adapters import DynaMixForecaster
-        >>> y = load_airline()
-        >>> forecaster = DynaMixForecaster(nonstationary=True, random_state=0)  # doctest: +SKIP
-        >>> forecaster.fit(y)  # doctest: +SKIP
-        DynaMixForecaster(nonstationary=True, random_state=0)
-        >>> y_pred = forecaster.predict(fh=[1, 2, 3])  # doctest: +SKIP
-        >>> intervals = forecaster.predict_interval(fh=[1, 2, 3], coverage=0.9)  # doctest: +SKIP
+    Examples
+    --------
+    >>> from sktime.datasets import load_airline
+    >>> from dynamix_adapters import DynaMixForecaster
+    >>> y = load_airline()
+    >>> forecaster = DynaMixForecaster(nonstationary=True, random_state=0)  # doctest: +SKIP
+    >>> forecaster.fit(y)  # doctest: +SKIP
+    DynaMixForecaster(nonstationary=True, random_state=0)
+    >>> y_pred = forecaster.predict(fh=[1, 2, 3])  # doctest: +SKIP
+    >>> intervals = forecaster.predict_interval(fh=[1, 2, 3], coverage=0.9)  # doctest: +SKIP
 
-        Offline, with a tiny random checkpoint instead of the official weights:
+    Offline, with a tiny random checkpoint instead of the official weights:
 
-        >>> from dynamix_adapters.weights import tiny_test_checkpoint
-        >>> tiny = DynaMixForecaster(model=str(tiny_test_checkpoint()), n_samples=20, random_state=0)
-        >>> tiny.fit(y).predict(fh=[1, 2, 3]).shape
-        (3,)
+    >>> from dynamix_adapters.weights import tiny_test_checkpoint
+    >>> tiny = DynaMixForecaster(model=str(tiny_test_checkpoint()), n_samples=20, random_state=0)
+    >>> tiny.fit(y).predict(fh=[1, 2, 3]).shape
+    (3,)
     """
 
     _tags: ClassVar[dict] = {
@@ -77,9 +77,9 @@ class DynaMixForecaster(BaseForecaster):
         self,
         model=None,
         context_length=None,
-        preprocessing="pos_embedding",
+        preprocessing="auto",
         standardize=True,
-        nonstationary=False,
+        nonstationary="auto",
         n_samples=100,
         point_forecast="path",
         random_state=None,
@@ -109,11 +109,17 @@ class DynaMixForecaster(BaseForecaster):
         self._instances, self._series = _split_instances(y)
         self._index_names = list(y.index.names)
         self._columns = y.columns
-        self._check_lengths(self._instances, self._series)
+        # An irregular index is the more basic problem: name it even when y is also too short.
         self._track_cutoffs()
+        self._check_lengths(self._instances, self._series)
         self.model_name_ = str(self.model or DEFAULT_MODEL)
         self.n_parameters_ = net.parameter_count()
         self.embedding_ = _embedding_used(self.preprocessing, y.shape[1], net.arch.N)
+        # What "auto" chose per series (selection.py) for fh, or for a fifth of the context without one;
+        # predict validates again for its own horizon.
+        horizon = int(fh.to_relative(self.cutoff).max()) if fh is not None else max(map(len, self._series))
+        self.selection_ = self._pipeline.choose_settings(self._contexts(), max(horizon, 1))
+        self.preprocessing_, self.nonstationary_ = _per_series(self.selection_, self._instances is None)
         return self
 
     @property
@@ -251,7 +257,7 @@ class DynaMixForecaster(BaseForecaster):
         ]
 
 
-DynaMixForecaster.__doc__ = DynaMixForecaster.__doc__.replace("{options}", OPTIONS_DOC)
+DynaMixForecaster.__doc__ = DynaMixForecaster.__doc__.replace("    {options}", OPTIONS_DOC)
 
 
 def _split_instances(y: pd.DataFrame) -> tuple[list[tuple] | None, list[pd.DataFrame]]:
@@ -308,3 +314,10 @@ def _embedding_used(preprocessing: str, n_dims: int, model_dims: int) -> str:
     if n_dims < model_dims:
         return preprocessing
     return f"{preprocessing}, each of the {n_dims} dims forecast as its own series"
+
+
+def _per_series(records: list[dict], single: bool) -> tuple:
+    """(preprocessing, nonstationary) chosen: values for one series, lists (by instance) for a panel."""
+    preprocessing = [r["preprocessing"] for r in records]
+    nonstationary = [r["nonstationary"] for r in records]
+    return (preprocessing[0], nonstationary[0]) if single else (preprocessing, nonstationary)

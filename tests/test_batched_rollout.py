@@ -8,12 +8,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynamix_adapters.batched_rollout import LANES, _advance_tiles, _exp_below_zero, _gather_states, rollout_batched
+from dynamix_adapters.engine import RolloutBatch
 from dynamix_adapters.fast_rollout import PackedContext, Weights
 from dynamix_adapters.noise import noise_blocks
 
 from .conftest import make_tiny_model
 
 STEPS = 100
+
+
+def run_batched(model, context, valid_from, x0, unit, horizon, streams, threads=None):
+    labels = tuple(f"unit {u}" for u in range(len(context)))
+    batch = RolloutBatch(context, np.asarray(valid_from), x0, np.asarray(unit), streams, labels)
+    return rollout_batched(model, batch, horizon, threads)
 
 
 def streams(*seeds):
@@ -92,7 +99,7 @@ def test_matches_torch_on_official_weights(official_model, shared_series):
     context, valid_from = published_contexts(shared_series)
     unit = np.array([1, 2, 1, 2, 1, 2])
     x0 = context[unit, -1]
-    fast = rollout_batched(official_model, context, valid_from, x0, unit, STEPS, streams(*range(6)))
+    fast = run_batched(official_model, context, valid_from, x0, unit, STEPS, streams(*range(6)))
     assert_matches_reference(fast, torch_rollout(official_model, context, valid_from, x0, unit, STEPS, range(6)))
 
 
@@ -104,7 +111,7 @@ def test_matches_torch_with_padding_and_samples(sizes):
     context, valid_from = left_padded([rng.normal(size=(length, n)).cumsum(0) for length in (120, 3, 60)])
     unit = np.array([0, 1, 2, 2, 0, 1, 2])
     x0 = context[unit, -1]
-    fast = rollout_batched(model, context, valid_from, x0, unit, STEPS, streams(*range(7)))
+    fast = run_batched(model, context, valid_from, x0, unit, STEPS, streams(*range(7)))
     assert_matches_reference(fast, torch_rollout(model, context, valid_from, x0, unit, STEPS, range(7)))
 
 
@@ -128,7 +135,7 @@ def test_property_one_step_and_short_rollout_match_torch(seed, lengths, batch, s
     for t in (0, 10, 19):
         step = batched_step(model, context, valid_from, unit, states[t], noise[:, t])
         np.testing.assert_allclose(step, states[t + 1], rtol=0, atol=2e-6 * np.abs(states[t + 1]).max())
-    fast = rollout_batched(model, context, valid_from, x0, unit, 20, streams(*seeds))
+    fast = run_batched(model, context, valid_from, x0, unit, 20, streams(*seeds))
     assert_matches_reference(fast, states[1:, :, :3])
 
 
@@ -137,7 +144,7 @@ def test_a_trajectory_is_bit_identical_alone_and_in_any_batch(official_model, sh
     names = ("sprottM", "chua", "lorenz63")
     context, valid_from = left_padded([shared_series(name)[: 300 + 400 * i] for i, name in enumerate(names)])
     horizon, target = 150, 1  # chua, context 700, padded in a batch whose longest context is 1,100
-    alone = rollout_batched(
+    alone = run_batched(
         official_model, context[[target]], valid_from[[target]], context[[target], -1], np.array([0]), horizon,
         streams(7),
     )  # fmt: skip
@@ -147,7 +154,7 @@ def test_a_trajectory_is_bit_identical_alone_and_in_any_batch(official_model, sh
         unit[position] = target
         seeds = rng.integers(0, 1000, batch)
         seeds[position] = 7
-        out = rollout_batched(
+        out = run_batched(
             official_model, context, valid_from, context[unit, -1], unit, horizon, streams(*seeds), threads=threads
         )
         np.testing.assert_array_equal(out[:, position], alone[:, 0], err_msg=f"batch {batch}, position {position}")
@@ -161,7 +168,7 @@ def test_diverging_rollout_turns_non_finite_like_torch():
             expert.A.fill_(3.0)
     context, valid_from = left_padded([np.random.default_rng(1).normal(size=(80, 3))])
     unit, x0 = np.array([0, 0, 0]), context[[0, 0, 0], -1] * np.array([[1.0], [0.5], [2.0]], dtype=np.float32)
-    fast = rollout_batched(model, context, valid_from, x0, unit, 150, streams(0, 1, 2))
+    fast = run_batched(model, context, valid_from, x0, unit, 150, streams(0, 1, 2))
     reference = torch_rollout(model, context, valid_from, x0, unit, 150, (0, 1, 2))
     first_bad = [np.argmin(np.isfinite(run).all(axis=2), axis=0) for run in (fast, reference)]
     assert np.all(first_bad[0] > 0)

@@ -153,7 +153,7 @@ def test_auto_falls_back_to_torch_with_a_warning_when_numba_does_not_import(tiny
 
 
 def test_unknown_backend_is_a_clear_error(tiny_model):
-    with pytest.raises(ValueError, match="Unknown backend 'cuda'; choose 'auto' or one of numba, torch"):
+    with pytest.raises(ValueError, match="Unknown backend 'cuda'; choose 'auto' or one of numba, batched, torch"):
         forecast(tiny_model, np.ones((50, 3)).cumsum(0), 5, backend="cuda")
 
 

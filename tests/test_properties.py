@@ -132,6 +132,16 @@ def run_forecast(model, case: dict, **overrides):
         random_state=0,
     )
 )
+@example(  # issue 13: Box-Cox met a zero where the shift below a column near -1e6 rounded to its minimum
+    case=dict(
+        context=np.column_stack([-1e6 + np.arange(50) % 2 * 1e-10, np.zeros(50)]),
+        horizon=3,
+        preprocessing="pos_embedding",
+        standardize=False,
+        nonstationary=True,
+        random_state=0,
+    )
+)
 def test_forecast_is_finite_and_shaped_or_names_the_problem(case):
     context = case["context"]
     before = context.copy()
@@ -307,6 +317,11 @@ def expected_index(y, kind: str, steps: np.ndarray, spacing: int) -> pd.Index:
 
 @SETTINGS
 @given(case=indexed_series(), preprocessing=st.sampled_from(EMBEDDINGS), seed=st.integers(0, 2**32))
+@example(  # found by the hunt: a 3-point irregular integer index was reported as too short, not as irregular
+    case=(pd.DataFrame({"x0": [0.0, 0.0, 0.0]}, index=[3, 4, 6]), "irregular-integer", np.array([1]), 1),
+    preprocessing="delay_embedding",
+    seed=0,
+)
 def test_sktime_forecast_has_the_right_index_and_columns_or_names_the_problem(case, preprocessing, seed):
     y, kind, steps, spacing = case
     before = y.copy(deep=True)
@@ -419,6 +434,19 @@ def darts_series(draw, max_dims: int = 4):
     num_samples=st.sampled_from([1, 1, 4]),
     seed=st.integers(0, 2**32),
 )
+@example(  # found by the hunt: a 4-dim series diverged in one of its dims, named "series (dim 2)"
+    case=(
+        TimeSeries.from_values(
+            np.column_stack(
+                [np.zeros(132), np.zeros(132), np.random.default_rng(0).standard_normal(132), np.zeros(132)]
+            )
+        ),
+        92,
+    ),
+    preprocessing="delay_embedding",
+    num_samples=1,
+    seed=0,
+)
 def test_darts_forecast_continues_the_series_or_names_the_problem(case, preprocessing, num_samples, seed):
     series, n = case
     before = series.values(copy=True)
@@ -430,7 +458,9 @@ def test_darts_forecast_continues_the_series_or_names_the_problem(case, preproce
         if len(series) < needed:
             assert f"at least {needed}" in str(error), str(error)
         else:
-            assert isinstance(error, DivergenceError) and "series at step" in str(error), str(error)
+            # A series with more dims than the model is forecast dim by dim: "series (dim 2) at step 92".
+            assert isinstance(error, DivergenceError), str(error)
+            assert re.search(r"series( \(dim \d+\))? at step", str(error)), str(error)
         return
     finally:
         np.testing.assert_array_equal(series.values(copy=False), before)
