@@ -11,7 +11,7 @@ True
 
 from importlib import import_module
 
-from .engine import DivergenceError
+from .engine import DivergenceError, DivergenceWarning
 from .forecast import forecast
 from .model import Architecture, DynaMix
 from .options import ForecastOptions
@@ -28,6 +28,7 @@ __all__ = [
     "OFFICIAL_MODEL",
     "Architecture",
     "DivergenceError",
+    "DivergenceWarning",
     "DynaMix",
     "DynaMixForecaster",
     "DynaMixModel",

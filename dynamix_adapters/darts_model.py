@@ -30,9 +30,10 @@ class DynaMixModel(LocalForecastingModel):
 
     ``historical_forecasts`` and ``backtest`` accept ``retrain=False``, the fast path:
     fit once (on any series), and every window is forecast from the history before it
-    by that one model, instead of a fresh model built and fitted per window. Each
-    window's forecast depends only on its history and the seed, so with a fixed
-    ``random_state`` ``retrain=True`` and ``retrain=False`` give the same forecasts.
+    by that one model, instead of a fresh model built and fitted per window. With
+    ``retrain=True`` and ``train_length``, each window's forecast conditions on the
+    ``train_length`` points the model was refitted on: after ``fit(window)``,
+    ``predict(series=history)`` forecasts from the window when ``history`` ends with it.
 
     The torch model is loaded lazily at fit through a per-process cache and is never
     pickled: ``save``/``load`` store only the parameters and the training series.
@@ -40,6 +41,18 @@ class DynaMixModel(LocalForecastingModel):
     Parameters
     ----------
     {options}
+
+    Notes
+    -----
+    Randomness follows darts' contract. A seeded model draws a new seed for every
+    ``predict`` call from a stream that ``fit`` restarts: two consecutive predictions
+    differ, a refit or a fresh model with the same ``random_state`` repeats them, and
+    ``save``/``load`` continue the stream. ``predict(..., random_state=k)`` pins one call.
+    With ``random_state=None`` every call draws its seed from numpy's global generator, so
+    ``np.random.seed`` makes a script reproducible. Within one call, a series' draws depend
+    only on the seed and its own values, never on the other series of a list. For a
+    reproducible backtest, fix ``random_state`` and fit (or use ``retrain=True``) right
+    before it.
 
     Examples
     --------
@@ -69,6 +82,7 @@ class DynaMixModel(LocalForecastingModel):
         n_samples: int = 100,
         point_forecast: str = "path",
         random_state: int | None = None,
+        on_divergence: str = "nan",
         device: str = "cpu",
     ):
         super().__init__(add_encoders=None)
@@ -80,6 +94,7 @@ class DynaMixModel(LocalForecastingModel):
         self.n_samples = n_samples
         self.point_forecast = point_forecast
         self.random_state = random_state
+        self.on_divergence = on_divergence
         self.device = device
         # Bad options fail here already; the weights are loaded only when first needed,
         # because resolving a registered name may download.
@@ -133,6 +148,8 @@ class DynaMixModel(LocalForecastingModel):
         _reject_covariates(past_covariates, future_covariates)
         _observed_values(series, "series")
         self._fit_components = series.n_components
+        # darts' contract: a seeded model's stream of per-call seeds starts again at every fit.
+        self._predict_calls = 0
         super().fit(series, verbose=verbose)
         return self
 
@@ -164,7 +181,7 @@ class DynaMixModel(LocalForecastingModel):
         verbose, show_warnings : bool
             Unused; kept for darts' interface.
         random_state : int, optional
-            Seed for this call, overriding the model's ``random_state``.
+            Seed for this call only; the model's stream of seeds does not advance.
 
         Returns
         -------
@@ -177,21 +194,51 @@ class DynaMixModel(LocalForecastingModel):
         if isinstance(num_samples, bool) or not isinstance(num_samples, Integral) or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}.")
         super().predict(n, num_samples)
+        if random_state is None:
+            random_state = self._next_seed()
         if series is None or isinstance(series, TimeSeries):
-            return self._forecast(
-                [self.training_series if series is None else series], n, num_samples, random_state, ["series"]
-            )[0]
+            return self._forecast([self._context_of(series)], n, num_samples, random_state, ["series"])[0]
         if not isinstance(series, Sequence) or not series:
             raise TypeError("series must be a TimeSeries or a non-empty list of TimeSeries.")
         names = [f"series[{i}]" for i in range(len(series))]
         return self._forecast(list(series), n, num_samples, random_state, names)
 
+    def _next_seed(self) -> int:
+        """This call's seed: the next of the model's stream, or a draw of numpy's global generator without a seed.
+
+        The stream is (random_state, call count): plain data, so ``save``/``load`` continue it
+        under darts' restricted unpickler. The first call after a fit uses ``random_state`` itself.
+        """
+        if self.random_state is None:
+            return int(np.random.randint(0, 2**31 - 1))
+        calls, self._predict_calls = self._predict_calls, self._predict_calls + 1
+        return (
+            self.random_state if calls == 0 else int(np.random.default_rng([self.random_state, calls]).integers(2**63))
+        )
+
+    def _context_of(self, series: TimeSeries | None) -> TimeSeries:
+        """The fitted series when ``series`` only extends it backwards in time, else ``series``.
+
+        darts' ``train_length`` refits on a window and then passes the whole history to
+        ``predict``; for a zero-shot model the window it was fitted on is the context.
+        """
+        fitted = self.training_series
+        if series is None:
+            return fitted
+        tail = len(fitted)
+        if (
+            len(series) > tail
+            and series.n_components == fitted.n_components
+            and series.time_index[-tail:].equals(fitted.time_index)
+            and np.array_equal(series.values(copy=False)[-tail:], fitted.values(copy=False), equal_nan=True)
+        ):
+            return fitted
+        return series
+
     def _forecast(
-        self, inputs: list[TimeSeries], n: int, num_samples: int, random_state, names: list[str]
+        self, inputs: list[TimeSeries], n: int, num_samples: int, random_state: int, names: list[str]
     ) -> list[TimeSeries]:
-        pipeline = self._pipeline
-        if random_state is not None:
-            pipeline = pipeline.with_options(random_state=random_state)
+        pipeline = self._pipeline.with_options(random_state=random_state)
         contexts = [_observed_values(s, name) for s, name in zip(inputs, names, strict=True)]
         for context, name in zip(contexts, names, strict=True):
             pipeline.check_lengths([len(context)], context.shape[1], [name])

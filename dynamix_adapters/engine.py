@@ -60,6 +60,10 @@ class DivergenceError(ValueError):
         self.labels = labels
 
 
+class DivergenceWarning(UserWarning):
+    """Some forecasts diverged and were returned as NaN (``on_divergence="nan"``)."""
+
+
 def check_backend(backend: str) -> str:
     """Validate a backend name ("auto" or one of ``BACKENDS``) and return it."""
     if backend != "auto" and backend not in BACKENDS:

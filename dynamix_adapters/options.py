@@ -15,6 +15,7 @@ import numpy as np
 from .preprocessing import check_preprocessing
 
 POINT_FORECASTS = ("path", "median", "mean")
+DIVERGENCE_POLICIES = ("raise", "nan")
 # Chosen per series by in-context validation (selection.py), which also calibrates the spread.
 AUTO = "auto"
 
@@ -39,6 +40,7 @@ class ForecastOptions:
     n_samples: int = 100
     point_forecast: str = "path"
     random_state: int | None = None
+    on_divergence: str = "raise"
 
     def __post_init__(self):
         if self.preprocessing != AUTO:
@@ -50,6 +52,8 @@ class ForecastOptions:
             if self.context_length < 2:
                 raise ValueError(f"context_length must be at least 2, got {self.context_length}.")
         _check_int(self.n_samples, "n_samples", 1)
+        if self.on_divergence not in DIVERGENCE_POLICIES:
+            raise ValueError(f"Unknown on_divergence {self.on_divergence!r}; choose one of {DIVERGENCE_POLICIES}.")
         seed = self.random_state
         if seed is not None and not isinstance(seed, np.random.Generator):
             _check_int(seed, "random_state", 0)
@@ -126,9 +130,15 @@ OPTIONS_DOC = """\
         centre once the paths decorrelate; "mean" is its MSE-optimal counterpart.
     random_state : int or None, default=None
         Seeds every random draw. A series' draws depend only on the seed and its own values,
-        never on the other series in a batch. None draws fresh randomness on every call.
+        never on the other series in a batch (see "Randomness" below for repeated calls).
+    on_divergence : str, default="nan"
+        What happens when a forecast diverges (its state leaves 10 times its context's range
+        and does not come back). "nan": that series' forecast is NaN, with a
+        ``DivergenceWarning`` naming it, and every other series, window or grid point
+        completes, as comparison workflows (backtests, grid searches, panels) need. "raise":
+        a ``DivergenceError`` naming the series and step stops the call (the core's default).
     device : str, default="cpu"
         torch device of the model, e.g. "cuda"."""
 
-# Options the adapters take besides ForecastOptions: they choose the pipeline, not a forecast.
-PIPELINE_PARAMS = {"model": None, "device": "cpu"}
+# Adapter parameters that are not ForecastOptions fields (model, device) or default differently (on_divergence).
+ADAPTER_DEFAULTS = {"model": None, "device": "cpu", "on_divergence": "nan"}

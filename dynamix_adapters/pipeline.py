@@ -17,6 +17,7 @@ the same forecast whatever else is in the batch, in any partition or process.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral
@@ -25,7 +26,15 @@ import numpy as np
 import torch
 
 from .encoding import SeriesEncoding
-from .engine import DivergenceError, RolloutBatch, check_backend, check_divergence, rollout
+from .engine import (
+    DivergenceError,
+    DivergenceWarning,
+    RolloutBatch,
+    check_backend,
+    check_divergence,
+    diverged_steps,
+    rollout,
+)
 from .model import DynaMix
 from .noise import content_key, seed_entropy
 from .options import AUTO, ForecastOptions
@@ -142,6 +151,17 @@ class DynaMixPipeline:
                     f"Pass a longer history{alternative}."
                 )
 
+    def choose_settings(self, context, horizon: int) -> list[dict]:
+        """What "auto" picks for each series of ``context`` at ``horizon``, without forecasting.
+
+        One ``Selection.record()`` per series (preprocessing, nonstationary, validation windows
+        and MASE); with explicit options, those options. Also kept in ``self.selections``.
+        """
+        series = [self.options.trim(s) for s in SeriesInput.of(context).series]
+        entropy = seed_entropy(self.options.random_state)
+        self.selections = select(self, series, positive_int(horizon, "horizon"), entropy, False)
+        return [choice.record() for choice in self.selections]
+
     def sample_paths(self, context, horizon: int, n_samples: int | None = None, *, names=None, initial_x=None):
         """Sample paths (n_samples, H, [S,] D) in data scale; ``n_samples`` defaults to the options'.
 
@@ -202,7 +222,7 @@ class DynaMixPipeline:
         ]
         batch = self._batch(encodings, labels, n_paths, entropy)
         observed = rollout(self.model, batch, horizon, self.backend)  # (H, P*U, N)
-        check_divergence(observed, batch)
+        diverged = self._diverged_series(observed, batch, encodings)
         observed = observed.reshape(horizon, n_paths, -1, self.model.arch.N)  # (H, P, U, N)
         out, first_unit = [], 0
         for encoding in encodings:
@@ -210,7 +230,8 @@ class DynaMixPipeline:
             out.append(encoding.decode(observed[:, :, first_unit : first_unit + units]))
             first_unit += units
         paths = np.stack(out, axis=2)  # (P, H, S, D)
-        raise_if_overflowed(paths, labels, any(choice.nonstationary for choice in self.selections))
+        paths[:, :, diverged] = np.nan
+        self._check_overflow(paths, labels, diverged)
         return self._calibrate(paths, series, entropy) if n_paths > 1 else paths
 
     def _calibrate(self, paths: np.ndarray, series: list[np.ndarray], entropy: int) -> np.ndarray:
@@ -221,6 +242,32 @@ class DynaMixPipeline:
                 rng = np.random.default_rng([entropy, content_key(x), 0, 1])
                 paths[:, :, s] = choice.spread.apply(paths[:, :, s], x.std(axis=0), rng)
         return paths
+
+    def _diverged_series(self, observed: np.ndarray, batch: RolloutBatch, encodings: list[SeriesEncoding]) -> list[int]:
+        """Series with a diverged trajectory: an error under on_divergence="raise", else a warning naming them."""
+        try:
+            check_divergence(observed, batch)
+        except DivergenceError as error:
+            if self.options.on_divergence == "raise":
+                raise
+            warnings.warn(f"{error} Returning NaN for {', '.join(error.labels)}.", DivergenceWarning, stacklevel=4)
+            series_of_unit = np.repeat(np.arange(len(encodings)), [len(e.units) for e in encodings])
+            bad = diverged_steps(observed, batch) >= 0  # (B,)
+            return sorted(set(series_of_unit[batch.unit[bad]].tolist()))
+        return []
+
+    def _check_overflow(self, paths: np.ndarray, labels: list[str], diverged: list[int]) -> None:
+        """Finite model output can still overflow on the way back to data scale: raise, or NaN and warn."""
+        nonstationary = any(choice.nonstationary for choice in self.selections)
+        kept = np.setdiff1d(np.arange(paths.shape[2]), diverged)
+        try:
+            raise_if_overflowed(paths[:, :, kept], [labels[s] for s in kept], nonstationary)
+        except DivergenceError as error:
+            if self.options.on_divergence == "raise":
+                raise
+            overflowed = [s for s in kept if not np.isfinite(paths[:, :, s]).all()]
+            warnings.warn(f"{error} Returning NaN for it.", DivergenceWarning, stacklevel=4)
+            paths[:, :, overflowed] = np.nan
 
     def _check_shortest(self, series: list[np.ndarray]) -> None:
         dims = series[0].shape[1]

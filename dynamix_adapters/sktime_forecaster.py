@@ -36,6 +36,13 @@ class DynaMixForecaster(BaseForecaster):
     embedding_ : str
         The embedding applied to the fitted series, given their number of dims.
 
+    Notes
+    -----
+    Randomness follows sktime's contract: ``predict`` has no side effects, so the same
+    ``random_state`` gives the same forecast on every call, after pickling and in clones.
+    ``predict_proba`` is skpro's ``Empirical`` over the same sample paths as
+    ``predict_quantiles``, ``predict_interval`` and ``predict_var``.
+
     Examples
     --------
     >>> from sktime.datasets import load_airline
@@ -83,6 +90,7 @@ class DynaMixForecaster(BaseForecaster):
         n_samples=100,
         point_forecast="path",
         random_state=None,
+        on_divergence="nan",
         device="cpu",
     ):
         self.model = model
@@ -93,6 +101,7 @@ class DynaMixForecaster(BaseForecaster):
         self.n_samples = n_samples
         self.point_forecast = point_forecast
         self.random_state = random_state
+        self.on_divergence = on_divergence
         self.device = device
         super().__init__()
 
@@ -149,6 +158,12 @@ class DynaMixForecaster(BaseForecaster):
         self._track_cutoffs()
         return self
 
+    def _update_predict_single(self, y, fh, X=None, update_params=True):
+        # sktime's default calls the public update with y already converted to the inner DataFrame, which
+        # makes the forecaster remember a DataFrame and return one from then on; the inner calls keep y's type.
+        self._update(y, X, update_params=update_params)
+        return self._predict(fh, X)
+
     def _predict(self, fh, X=None):
         steps, index = self._horizon(fh)
         point = self._pipeline.predict(self._contexts(), int(steps.max()), names=self._labels())  # (H, S, D)
@@ -166,6 +181,16 @@ class DynaMixForecaster(BaseForecaster):
         steps, index = self._horizon(fh)
         samples = self._pipeline.predict_samples(self._contexts(), int(steps.max()), names=self._labels())
         return self._frame(samples.var(axis=0), steps, index, self._columns)
+
+    def _predict_proba(self, fh, X, marginal=True):
+        """skpro's Empirical distribution over the sample paths behind ``predict_quantiles``."""
+        from skpro.distributions import Empirical
+
+        steps, index = self._horizon(fh)
+        samples = self._pipeline.predict_samples(self._contexts(), int(steps.max()), names=self._labels())
+        paths = [self._frame(path, steps, index, self._columns) for path in samples]  # one (rows, D) frame per path
+        spl = pd.concat(paths, keys=range(len(paths)), names=["sample"])
+        return Empirical(spl, index=index, columns=self._columns)
 
     def _contexts(self) -> list[np.ndarray]:
         return [frame.to_numpy(dtype=np.float64) for frame in self._series]
