@@ -24,7 +24,7 @@ from sktime.transformations.series.boxcox import LogTransformer
 from sktime.transformations.series.detrend import Detrender
 
 import dynamix_adapters.pipeline
-from dynamix_adapters import DynaMixForecaster
+from dynamix_adapters import DivergenceError, DivergenceWarning, DynaMixForecaster
 from dynamix_adapters.weights import tiny_test_checkpoint
 
 # sktime 1.2 announces on every construction that remember_data flips in 1.3; the adapter keeps its own context.
@@ -426,3 +426,49 @@ def test_panel_evaluate(tiny):
     first = results["y_pred"].iloc[0]
     assert first.index.names == y.index.names
     assert len(first) == 3 * 2
+
+
+# --- the libraries' own contracts (issue 17) --------------------------------------------------------------------------
+
+
+def test_predict_proba_is_the_empirical_distribution_of_the_quantiles_sample_paths(official):
+    """skpro's Empirical over the same paths: each quantile within one order statistic of predict_quantiles."""
+    y = load_airline()
+    forecaster = official(n_samples=200).fit(y)
+    alpha = [0.05, 0.5, 0.95]
+    quantiles = forecaster.predict_quantiles(fh=[1, 2, 3], alpha=alpha).to_numpy()  # (3, A)
+    proba = forecaster.predict_proba(fh=[1, 2, 3])
+    assert type(proba).__name__ == "Empirical"
+    from_proba = proba.quantile(alpha).to_numpy()
+    samples = np.sort(proba.spl.to_numpy().reshape(200, 3), axis=0)  # (paths, steps)
+    gap = np.diff(samples, axis=0).max(axis=0)[:, None]  # (steps, 1): the widest spacing of the paths
+    assert np.all(np.abs(from_proba - quantiles) <= gap)
+    np.testing.assert_allclose(proba.mean().to_numpy()[:, 0], samples.mean(axis=0))
+
+
+def test_update_predict_single_keeps_the_series_type(tiny):
+    y = sine(80)
+    forecaster = tiny().fit(y.iloc[:60])
+    updated = forecaster.update_predict_single(y.iloc[60:], fh=[1, 2])
+    assert isinstance(updated, pd.Series)
+    assert isinstance(forecaster.predict(fh=[1]), pd.Series)
+    np.testing.assert_array_equal(updated.to_numpy(), tiny().fit(y).predict(fh=[1, 2]).to_numpy())
+
+
+def test_a_diverging_panel_series_is_nan_with_a_warning_naming_it(official):
+    values = 1000 + 10 * np.sin(0.3 * np.arange(100))
+    values[-1] = 5000  # an outlier at the end: unstandardized, the official weights diverge by step 14
+    calm = np.sin(0.3 * np.arange(100))
+    index = pd.MultiIndex.from_product([["calm", "spiky"], pd.RangeIndex(100)])
+    y = pd.DataFrame({"v": np.concatenate([calm, values])}, index=index)
+    forecaster = official(standardize=False, preprocessing="pos_embedding", nonstationary=False)
+    with pytest.warns(DivergenceWarning, match="series 'spiky' at step 14"):
+        prediction = forecaster.fit(y).predict(fh=range(1, 21))
+    assert prediction.loc["spiky"]["v"].isna().all()
+    assert np.isfinite(prediction.loc["calm"]["v"].to_numpy()).all()
+    alone = official(standardize=False, preprocessing="pos_embedding", nonstationary=False).fit(pd.Series(calm))
+    np.testing.assert_array_equal(prediction.loc["calm"]["v"].to_numpy(), alone.predict(fh=range(1, 21)).to_numpy())
+    with pytest.raises(DivergenceError, match="series 'spiky' at step 14"):
+        official(standardize=False, preprocessing="pos_embedding", nonstationary=False, on_divergence="raise").fit(
+            y
+        ).predict(fh=range(1, 21))
