@@ -166,12 +166,12 @@ class DynaMixForecaster(BaseForecaster):
 
     def _predict(self, fh, X=None):
         steps, index = self._horizon(fh)
-        point = self._pipeline.predict(self._contexts(), int(steps.max()), names=self._labels())  # (H, S, D)
+        point = self._panel_forecast("predict", int(steps.max()))  # (H, S, D)
         return self._frame(point, steps, index, self._columns)
 
     def _predict_quantiles(self, fh, X, alpha):
         steps, index = self._horizon(fh)
-        samples = self._pipeline.predict_samples(self._contexts(), int(steps.max()), names=self._labels())
+        samples = self._panel_forecast("predict_samples", int(steps.max()))  # (P, H, S, D)
         quantiles = np.quantile(samples, alpha, axis=0)  # (A, H, S, D)
         # Columns are (variable, alpha) with alpha varying fastest.
         values = quantiles.transpose(1, 2, 3, 0).reshape(*quantiles.shape[1:3], -1)
@@ -179,7 +179,7 @@ class DynaMixForecaster(BaseForecaster):
 
     def _predict_var(self, fh, X=None, cov=False):
         steps, index = self._horizon(fh)
-        samples = self._pipeline.predict_samples(self._contexts(), int(steps.max()), names=self._labels())
+        samples = self._panel_forecast("predict_samples", int(steps.max()))  # (P, H, S, D)
         return self._frame(samples.var(axis=0), steps, index, self._columns)
 
     def _predict_proba(self, fh, X, marginal=True):
@@ -187,10 +187,23 @@ class DynaMixForecaster(BaseForecaster):
         from skpro.distributions import Empirical
 
         steps, index = self._horizon(fh)
-        samples = self._pipeline.predict_samples(self._contexts(), int(steps.max()), names=self._labels())
+        samples = self._panel_forecast("predict_samples", int(steps.max()))  # (P, H, S, D)
         paths = [self._frame(path, steps, index, self._columns) for path in samples]  # one (rows, D) frame per path
         spl = pd.concat(paths, keys=range(len(paths)), names=["sample"])
         return Empirical(spl, index=index, columns=self._columns)
+
+    def _panel_forecast(self, method: str, horizon: int) -> np.ndarray:
+        """``pipeline.<method>`` over all series; a panel goes in chunks through sktime's ``backend:parallel``."""
+        backend = self.get_config()["backend:parallel"]
+        if backend is None or self._instances is None:
+            return getattr(self._pipeline, method)(self._contexts(), horizon, names=self._labels())
+        from .panel import ModelSpec, forecast_chunks_parallel
+
+        # The workers load the weights by name through their own cache; only the name and options travel.
+        options = ForecastOptions(**ForecastOptions.pick(self.get_params(deep=False)))
+        parallel = {"backend": backend, "backend_params": self.get_config()["backend:parallel:params"]}
+        spec = ModelSpec(self.model, options, device=self.device)
+        return forecast_chunks_parallel(spec, method, self._contexts(), horizon, self._labels(), parallel)
 
     def _contexts(self) -> list[np.ndarray]:
         return [frame.to_numpy(dtype=np.float64) for frame in self._series]
