@@ -325,3 +325,27 @@ def test_diverged_updates_roll_back_and_lower_the_learning_rate(tmp_path, tiny_c
     assert [int(row["skipped_updates"]) for row in rows] == [strict.batches_per_epoch] * 4
     assert math.isnan(float(rows[0]["mse"]))
     assert trainer.optimizer.param_groups[0]["lr"] < strict.final_learning_rate
+
+
+def test_a_stopped_run_exports_its_weights_at_that_epoch(tmp_path, corpus_cache):
+    from dynamix_adapters.training import config_with_overrides
+
+    config_file = tmp_path / "tiny.toml"
+    config_file.write_text(
+        'name = "tiny"\nseed = 3\n[architecture]\nM = 8\nJ = 2\nP = 1\n[corpus]\n'
+        'systems = ["SprottA", "Bouali"]\ntrajectory_length = 400\ntransient_periods = 2.0\n'
+        "points_per_period = [20, 20]\nvalidation_context_length = 40\nvalidation_horizon = 30\nworkers = 1\n"
+        "[training]\nepochs = 4\nbatches_per_epoch = 3\nbatch_size = 4\ncontext_length = 50\n"
+        "sequence_length = 21\nsequence_offset = 40\nvalidate_every = 2\ncheckpoint_every = 1\n"
+    )
+    assert config_with_overrides(config_file, []) == TrainingConfig.from_dict(TINY)
+    assert config_with_overrides(config_file, ["training.detach_query=false"]).detach_query is False
+    run = tmp_path / "run"
+    stopped = Trainer(TrainingConfig.from_dict(TINY), run, cache_dir=corpus_cache)
+    stopped.run(progress=False, until_epoch=2)
+    exported = tmp_path / "package-weights"
+    argv = ["--config", str(config_file), "--output", str(run), "--cache-dir", str(corpus_cache), "--no-progress"]
+    assert main([*argv, "--resume", "--until-epoch", "2", "--finalize", str(exported)]) == 0
+    model = load_model(exported / "tiny.safetensors")
+    for key, value in stopped.model.state_dict().items():
+        assert torch.equal(value, model.state_dict()[key]), key

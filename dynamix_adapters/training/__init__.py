@@ -13,7 +13,7 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
-from ..weights import BUNDLED_MODEL, PACKAGE_WEIGHTS_DIR
+from ..weights import BUNDLED_MODEL, PACKAGE_WEIGHTS_DIR, save_model
 from .corpus import HELD_OUT_SYSTEMS, CorpusConfig, build_corpus, training_systems, validation_systems
 from .trainer import Trainer, TrainingConfig
 
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         const=PACKAGE_WEIGHTS_DIR,
         type=Path,
         metavar="DIR",
-        help="after training, copy the weights into DIR (default: the package's weights folder)",
+        help="after training (or at --until-epoch), copy the weights into DIR (default: the package's weights folder)",
     )
     parser.add_argument(
         "--until-epoch",
@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or Path("outputs") / "training" / config.name
     trainer = Trainer(config, output, cache_dir=args.cache_dir)
     weights = trainer.run(resume=args.resume, progress=not args.no_progress, until_epoch=args.until_epoch)
-    if weights is not None and args.finalize is not None:
+    if args.finalize is not None:
+        if weights is None:  # stopped by --until-epoch: export the weights as they are at that epoch
+            weights = save_model(trainer.model, trainer.weights_path)
+            logging.getLogger(__name__).warning("exporting a run stopped at update %d", trainer.update)
         logging.getLogger(__name__).info("exported %s", export_weights(weights, args.finalize))
     return 0
