@@ -47,8 +47,9 @@ class Spread:
                 slope = float(np.clip(np.polyfit(np.log(steps[ok]), np.log(rms[ok]), 1)[0], 0.0, 1.0))
             else:
                 slope = 0.0
-            # Level for the clipped slope: least squares in log space with the slope fixed.
-            level = np.exp(np.mean(np.log(rms[ok]) - slope * np.log(steps[ok]))) if ok.any() else SPREAD_FLOOR
+            # Level for the clipped slope from the mean squared error (a log-space mean would be a
+            # geometric mean, biased low).
+            level = np.sqrt(np.mean(rms[ok] ** 2 / steps[ok] ** (2 * slope))) if ok.any() else SPREAD_FLOOR
             a.append(level)
             b.append(slope)
         return cls(np.array(a), np.array(b), stationary)

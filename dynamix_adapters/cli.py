@@ -13,7 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
+from .options import ForecastOptions
+from .panel import DEFAULT_BATCH_SIZE, LongFormat, ModelSpec, forecast_long_batches, forecast_schema
 from .pipeline import DynaMixPipeline
 from .preprocessing import EMBEDDINGS
 from .weights import DEFAULT_MODEL, describe_models
@@ -37,18 +40,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="forecast the columns of a CSV or Parquet file",
         description="Forecast every chosen numeric column of INPUT jointly (one multivariate series).",
     )
-    run.add_argument("input", type=Path, help="CSV or Parquet file, one row per time step")
+    run.add_argument(
+        "input", help="CSV or Parquet file, one row per time step; with --id-col also a Parquet dataset or a URL"
+    )
     run.add_argument("--horizon", type=int, required=True, help="steps to forecast (>= 1)")
     run.add_argument("--time-col", help="time column (default: detected: a datetime-like first column)")
     run.add_argument("--columns", help="comma-separated columns to forecast (default: all numeric ones)")
     run.add_argument("--model", default=None, help=f"weight set name or weights path (default: {DEFAULT_MODEL})")
-    run.add_argument("--preprocessing", default="pos_embedding", choices=EMBEDDINGS, help="embedding for few dims")
-    run.add_argument("--nonstationary", action="store_true", help="remove Box-Cox + power-law trend first")
+    run.add_argument(
+        "--preprocessing", default="auto", choices=("auto", *EMBEDDINGS), help="embedding for few dims (default: auto)"
+    )
+    run.add_argument(
+        "--nonstationary",
+        nargs="?",
+        const="true",
+        default="auto",
+        choices=("auto", "true", "false"),
+        help="remove Box-Cox + power-law trend first (bare flag: true; default: auto)",
+    )
     run.add_argument("--context-length", type=int, default=None, help="use only the last N rows as context")
     run.add_argument("--samples", type=int, default=0, help="sample paths; adds quantile columns (e.g. x_q0.05)")
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    run.add_argument("--output", type=Path, help="write the forecast as CSV here (default: print it)")
+    run.add_argument("--output", help="write the forecast as CSV here (default: print it); see --id-col")
     run.add_argument("--plot", type=Path, help="write a PNG of context and forecast here")
+    _add_long_format_arguments(run)
     run.set_defaults(handler=_forecast_command)
 
     models = commands.add_parser("models", help="list the known weight sets and where each resolves from")
@@ -62,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands with parsers of their own: everything after the command name goes to them untouched.
 DELEGATED = {
     "train": (".training", "train DynaMix from scratch: train --config FILE [--resume]"),
-    "benchmark": (".benchmark", "run the benchmark suite: benchmark [--quick] [--output DIR]"),
+    "benchmark": (".benchmark.suite", "run the benchmark suite: benchmark [--quick] [--output DIR]"),
 }
 
 
@@ -153,17 +168,25 @@ def _forecast_command(args) -> int:
         raise UsageError(f"--horizon must be >= 1, got {args.horizon}")
     if args.samples < 0:
         raise UsageError(f"--samples must be >= 0, got {args.samples}")
-    data, index = read_table(args.input, args.time_col, args.columns)
+    if args.id_col is not None:
+        return _forecast_long_command(args)
+    data, index = read_table(Path(args.input), args.time_col, args.columns)
     pipeline = DynaMixPipeline.from_pretrained(
         args.model,
         context_length=args.context_length,
         preprocessing=args.preprocessing,
-        nonstationary=args.nonstationary,
+        nonstationary={"true": True, "false": False}.get(args.nonstationary, "auto"),
         n_samples=max(args.samples, 1),
         random_state=args.seed,
     )
     context = data.to_numpy()
     point = pipeline.predict(context, args.horizon)  # (H, D)
+    if "auto" in (args.preprocessing, args.nonstationary):
+        chosen = pipeline.selections[0].record()
+        print(
+            f"auto chose preprocessing={chosen['preprocessing']}, nonstationary={chosen['nonstationary']}",
+            file=sys.stderr,
+        )
     samples = pipeline.predict_samples(context, args.horizon) if args.samples > 0 else None  # (P, H, D)
     result = pd.DataFrame(point, columns=data.columns, index=future_index(index, args.horizon))
     result.index.name = "time"
@@ -207,6 +230,108 @@ def _plot_forecast(data: pd.DataFrame, index: pd.Index, result: pd.DataFrame, sa
     fig.savefig(path, dpi=110)
     plt.close(fig)
     print(f"wrote plot to {path}")
+
+
+def _add_long_format_arguments(run: argparse.ArgumentParser) -> None:
+    group = run.add_argument_group(
+        "long format",
+        "With --id-col, INPUT holds many series, one row per (id, time): a CSV, a Parquet file or a Parquet "
+        "dataset directory (a URL such as s3://bucket/data with --scheduler). --time-col names the time "
+        "column and --columns the value columns. --output ending in .csv writes CSV, anything else Parquet "
+        "(a dataset directory with --scheduler). An id that cannot be forecast gets one row with its reason "
+        "in the 'error' column.",
+    )
+    group.add_argument("--id-col", help="id column: forecast every id of a long-format INPUT")
+    group.add_argument(
+        "--scheduler",
+        help="forecast on the Dask cluster at this scheduler address (e.g. tcp://host:8786) instead of locally; "
+        "needs dynamix-adapters[distributed]",
+    )
+    group.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"ids per model call (default {DEFAULT_BATCH_SIZE})"
+    )
+
+
+def _forecast_long_command(args) -> int:
+    """Forecast every id of a long-format INPUT, in this process (tqdm progress) or on a Dask cluster."""
+    if args.time_col is None:
+        raise UsageError("--id-col needs --time-col: the column with each row's time stamp")
+    if args.plot:
+        raise UsageError("--plot draws one series; it does not combine with --id-col")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    value_cols = tuple(c.strip() for c in args.columns.split(",")) if args.columns else None
+    columns = LongFormat(args.id_col, args.time_col, value_cols)
+    # --nonstationary is a flag (True/False) or, where the parser offers it, "auto", "true" or "false".
+    nonstationary = {"true": True, "false": False}.get(args.nonstationary, args.nonstationary)
+    options = ForecastOptions(
+        context_length=args.context_length,
+        preprocessing=args.preprocessing,
+        nonstationary=nonstationary,
+        n_samples=max(args.samples, 1),
+        random_state=args.seed,
+    )
+    levels = QUANTILES if args.samples > 0 else ()
+    spec = ModelSpec(args.model, options)
+    if args.scheduler:
+        return _forecast_on_cluster(args, spec, columns, levels)
+    frame = _read_long(args.input, columns)
+    pipeline = spec.pipeline()
+    total = frame[columns.id_col].nunique()
+    batches = forecast_long_batches(pipeline, frame, args.horizon, columns, levels, args.batch_size)
+    parts = [forecast_schema(frame, columns, levels)]
+    with tqdm(total=total, unit="series", desc="forecast", disable=None) as progress:
+        for batch in batches:
+            parts.append(batch)
+            progress.update(batch[columns.id_col].nunique())
+    result = pd.concat(parts, ignore_index=True)
+    if args.output is None:
+        print(result.to_csv(index=False), end="")
+        return 0
+    if str(args.output).lower().endswith(".csv"):
+        result.to_csv(args.output, index=False)
+    else:
+        result.to_parquet(args.output, index=False)
+    print(f"wrote forecasts of {total} ids, {args.horizon} steps each, to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _read_long(source: str, columns: LongFormat) -> pd.DataFrame:
+    """A long-format CSV, Parquet file or Parquet dataset directory, with date strings in the time column parsed."""
+    if "://" not in source and not Path(source).exists():
+        raise UsageError(f"input {source} does not exist")
+    try:
+        frame = pd.read_csv(source) if source.lower().endswith(".csv") else pd.read_parquet(source)
+    except pd.errors.EmptyDataError:
+        raise UsageError(f"input {source} is empty") from None
+    except (ValueError, OSError, pd.errors.ParserError) as err:
+        raise UsageError(f"cannot read {source}: {err}") from None
+    if frame.empty:
+        raise UsageError(f"input {source} has no rows")
+    time = frame.get(columns.time_col)
+    if time is not None and not (pd.api.types.is_datetime64_any_dtype(time) or pd.api.types.is_integer_dtype(time)):
+        try:
+            frame[columns.time_col] = pd.to_datetime(time, format="mixed")
+        except (ValueError, TypeError) as err:
+            raise UsageError(f"cannot parse time column {columns.time_col!r} as dates: {err}") from None
+    return frame
+
+
+def _forecast_on_cluster(args, spec: ModelSpec, columns: LongFormat, levels: tuple[float, ...]) -> int:
+    """Read, forecast and write on the Dask cluster at --scheduler; the workers read INPUT and write --output."""
+    if args.output is None:
+        raise UsageError("--scheduler needs --output: the workers write the forecasts there")
+    try:
+        from distributed import Client
+
+        from .distributed import forecast_dask, read_long, write_forecast
+    except ModuleNotFoundError as err:
+        raise UsageError(f"--scheduler needs {err.name}: pip install 'dynamix-adapters[distributed]'") from None
+    with Client(args.scheduler) as client:
+        forecasts = forecast_dask(spec, read_long(args.input, columns), args.horizon, columns, levels, args.batch_size)
+        write_forecast(forecasts, args.output, client, progress=True)
+    print(f"wrote forecasts to {args.output} on {args.scheduler}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ rollout.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,6 +148,12 @@ class TrendTransform:
 
     @classmethod
     def fit(cls, x: np.ndarray) -> TrendTransform:
+        """Fit to a 1-D series; the same values always give the same transform (cached)."""
+        # Auto validation (selection.py) fits each window once per embedding: a cache makes that one fit.
+        return _cached_trend(np.ascontiguousarray(x, dtype=np.float64).tobytes())
+
+    @classmethod
+    def _fit(cls, x: np.ndarray) -> TrendTransform:
         # At least a billionth of the magnitude: below that, "shift below the minimum" can round to the minimum
         # itself (a column near -1e6 varying by 1e-10), and Box-Cox then meets a zero.
         spread = max(float(np.ptp(x)), 1e-12, 1e-9 * float(np.abs(x).max()))
@@ -178,6 +185,11 @@ class TrendTransform:
             limit = -(1.0 - 1e-9) / self.lam
             level = np.maximum(level, limit) if self.lam > 0 else np.minimum(level, limit)
         return special.inv_boxcox(level, self.lam) + self.shift
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_trend(values: bytes) -> TrendTransform:
+    return TrendTransform._fit(np.frombuffer(values))
 
 
 def _fit_power_trend(t: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:

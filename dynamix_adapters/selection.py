@@ -34,8 +34,9 @@ from .options import AUTO, ForecastOptions
 from .preprocessing import EMBEDDINGS, min_context_length
 
 VALIDATION_WINDOWS = 3
-# Median of a few paths: a steadier error than one path, at a cost that stays within one SIMD tile.
-VALIDATION_PATHS = 8
+# One path per candidate and window: the error then also holds the paths' own noise, which the
+# calibrated spread should cover, and validation costs one trajectory per unit.
+VALIDATION_PATHS = 1
 # Shortest validation context: below it neither the embeddings' period and lag estimates nor a
 # Box-Cox fit mean anything, and validation is skipped.
 MIN_VALIDATION_CONTEXT = 10

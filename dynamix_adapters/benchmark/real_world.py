@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 HORIZONS = {"yearly": 6, "quarterly": 8, "monthly": 18}
 SEASONS = {"yearly": 1, "quarterly": 4, "monthly": 12}
 COVERAGES = (0.8, 0.95)
+# Quantiles of the weighted quantile loss (wQL, as in the Chronos paper: 2 x the pinball loss averaged
+# over these levels, over the mean absolute test value): a proper score of the whole distribution.
+WQL_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 FORECAST_SEED = 0
 CHRONOS_REPOS = (
     "amazon/chronos-t5-tiny",
@@ -146,13 +149,22 @@ def splitter(n_observations: int, horizon: int, windows: int):
 
 
 def dynamix_variants(weight_sets: list[str], n_samples: int) -> dict[str, dict]:
-    """DynaMixForecaster parameters by table name: every embedding, plus the non-stationary option."""
+    """DynaMixForecaster parameters by table name: the defaults (auto), every embedding, the non-stationary option."""
     variants = {}
     for weights in weight_sets:
         common = {"model": weights, "n_samples": n_samples, "point_forecast": "median", "random_state": FORECAST_SEED}
+        variants[f"DynaMix auto ({weights})"] = common
         for embedding in EMBEDDINGS:
-            variants[f"DynaMix {embedding} ({weights})"] = {**common, "preprocessing": embedding}
-        variants[f"DynaMix pos_embedding + nonstationary ({weights})"] = {**common, "nonstationary": True}
+            variants[f"DynaMix {embedding} ({weights})"] = {
+                **common,
+                "preprocessing": embedding,
+                "nonstationary": False,
+            }
+        variants[f"DynaMix pos_embedding + nonstationary ({weights})"] = {
+            **common,
+            "preprocessing": EMBEDDINGS[0],
+            "nonstationary": True,
+        }
     return variants
 
 
@@ -189,14 +201,15 @@ def baselines(season: int) -> dict[str, object]:
 
 def _scoring(season: int, with_intervals: bool) -> list:
     from sktime.performance_metrics.forecasting import MeanAbsolutePercentageError, MeanAbsoluteScaledError
-    from sktime.performance_metrics.forecasting.probabilistic import EmpiricalCoverage
+    from sktime.performance_metrics.forecasting.probabilistic import EmpiricalCoverage, PinballLoss
 
     point = [MeanAbsoluteScaledError(sp=season), MeanAbsolutePercentageError(symmetric=True)]
-    return point + ([EmpiricalCoverage(coverage=c) for c in COVERAGES] if with_intervals else [])
+    probabilistic = [EmpiricalCoverage(coverage=c) for c in COVERAGES] + [PinballLoss(alpha=list(WQL_LEVELS))]
+    return point + (probabilistic if with_intervals else [])
 
 
 def evaluate_model(name: str, forecaster, dataset: Dataset, y: pd.Series, windows: int) -> list[dict]:
-    """One row per window: MASE, sMAPE (%), interval coverages, and seconds per forecast."""
+    """One row per window: MASE, sMAPE (%), interval coverages, wQL, and seconds per forecast."""
     from sktime.forecasting.model_evaluation import evaluate
 
     with_intervals = forecaster.get_tag("capability:pred_int")
@@ -206,7 +219,14 @@ def evaluate_model(name: str, forecaster, dataset: Dataset, y: pd.Series, window
         # sktime leaves a "default" FutureWarning filter behind on every forecasting horizon it
         # builds, which floods the console; recording confines the warnings and restores the filters.
         with warnings.catch_warnings(record=True):
-            result = evaluate(forecaster, cv, y, scoring=_scoring(dataset.season, with_intervals), error_score="raise")
+            result = evaluate(
+                forecaster,
+                cv,
+                y,
+                scoring=_scoring(dataset.season, with_intervals),
+                error_score="raise",
+                return_data=with_intervals,
+            )
     except Exception as err:  # any model may fail on any series; the table says so and the run goes on
         logger.warning("%s failed on %s: %s", name, dataset.name, err)
         return [{**base, "window": 0, "status": f"failed: {type(err).__name__}: {err}"[:200]}]
@@ -222,12 +242,20 @@ def evaluate_model(name: str, forecaster, dataset: Dataset, y: pd.Series, window
                 "sMAPE": 100 * record["test_MeanAbsolutePercentageError"],
                 "coverage_80": record.get("test_EmpiricalCoverage_0.8", np.nan),
                 "coverage_95": record.get("test_EmpiricalCoverage_0.95", np.nan),
+                "wQL": _wql(record),
                 "seconds_point": record["fit_time"] + record["pred_time"],
                 "seconds_with_intervals": record["fit_time"] + record["pred_time"] + interval_seconds,
                 "status": "ok",
             }
         )
     return rows
+
+
+def _wql(record: dict) -> float:
+    """2 x mean pinball loss / mean |y_test|: scale-free, so comparable across datasets; NaN without intervals."""
+    if "test_PinballLoss" not in record:
+        return np.nan
+    return float(2 * record["test_PinballLoss"] / np.abs(np.asarray(record["y_test"], dtype=float)).mean())
 
 
 def darts_backtest(dataset: Dataset, y: pd.Series, windows: int, parameters: dict) -> list[dict]:

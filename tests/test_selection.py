@@ -1,0 +1,166 @@
+"""Auto preprocessing by in-context validation, and calibrated sample paths (issue 15)."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+
+from dynamix_adapters import selection
+from dynamix_adapters.calibration import Spread
+from dynamix_adapters.encoding import SeriesEncoding
+from dynamix_adapters.engine import rollout
+from dynamix_adapters.noise import seed_entropy
+from dynamix_adapters.options import ForecastOptions
+from dynamix_adapters.pipeline import DynaMixPipeline
+from dynamix_adapters.systems import lorenz63_trajectory
+
+FIXED = {"preprocessing": "pos_embedding", "nonstationary": False}
+
+
+def test_adapter_and_cli_defaults_are_the_options_defaults():
+    from dynamix_adapters.cli import build_parser
+    from dynamix_adapters.darts_model import DynaMixModel
+    from dynamix_adapters.sktime_forecaster import DynaMixForecaster
+
+    # on_divergence differs on purpose: the adapters return NaN where the core raises.
+    defaults = {name: getattr(ForecastOptions(), name) for name in ForecastOptions.names() if name != "on_divergence"}
+    assert defaults["preprocessing"] == defaults["nonstationary"] == "auto"
+    for adapter in (DynaMixForecaster, DynaMixModel):
+        signature = inspect.signature(adapter.__init__).parameters
+        assert {name: signature[name].default for name in defaults} == defaults, adapter.__name__
+    run = build_parser().parse_args(["forecast", "x.csv", "--horizon", "3"])
+    assert (run.preprocessing, run.nonstationary) == ("auto", "auto")
+
+
+def _pre_auto_forecast(model, options: ForecastOptions, x: np.ndarray, horizon: int, n_paths: int) -> np.ndarray:
+    """The forecast recipe before auto existed: encode with the options, one rollout, decode."""
+    pipeline = DynaMixPipeline(model, options)
+    entropy = seed_entropy(options.random_state)
+    encoding = SeriesEncoding.fit(x, options, model.arch.N, entropy)
+    batch = pipeline._batch([encoding], ["series 0"], n_paths, entropy)
+    observed = rollout(model, batch, horizon).reshape(horizon, n_paths, -1, model.arch.N)
+    return encoding.decode(observed)
+
+
+@pytest.mark.parametrize("settings", [FIXED, {"preprocessing": "delay_embedding", "nonstationary": True}])
+def test_explicit_settings_forecast_bit_for_bit_as_before(tiny_model, monkeypatch, settings):
+    monkeypatch.setattr(selection, "_validate", lambda *a: pytest.fail("explicit settings must not validate"))
+    options = ForecastOptions(random_state=3, n_samples=5, **settings)
+    x = np.sin(np.linspace(0, 30, 150))[:, None] + np.linspace(1, 2, 150)[:, None]
+    pipeline = DynaMixPipeline(tiny_model, options)
+    np.testing.assert_array_equal(pipeline.sample_paths(x, 7), _pre_auto_forecast(tiny_model, options, x, 7, 5))
+    np.testing.assert_array_equal(
+        pipeline.predict_samples(x, 7), _pre_auto_forecast(tiny_model, options, x, 7, 6)[1:]
+    )
+    assert pipeline.selections[0].spread is None
+
+
+def test_sine_gets_a_stationary_embedding_that_unfolds_the_cycle(official_model):
+    x = np.sin(2 * np.pi * np.arange(300) / 25)[:, None]
+    pipeline = DynaMixPipeline(official_model, ForecastOptions(random_state=0))
+    (chosen,) = pipeline.choose_settings(x, 24)
+    # Zero padding leaves a 1-D state, which cannot oscillate: every real embedding beats it.
+    assert chosen["preprocessing"] in ("pos_embedding", "delay_embedding", "delay_embedding_random")
+    assert chosen["nonstationary"] is False
+    assert chosen["validation_windows"] == 3 and chosen["validation_mase"] < 0.5
+
+
+def test_trending_seasonal_series_gets_the_nonstationary_transform(official_model):
+    t = np.arange(300.0)
+    x = (10 + 0.05 * t + np.sin(2 * np.pi * t / 12))[:, None]
+    pipeline = DynaMixPipeline(official_model, ForecastOptions(random_state=0))
+    (chosen,) = pipeline.choose_settings(x, 18)
+    assert chosen["nonstationary"] is True
+    assert chosen["preprocessing"] != "zero_embedding"
+    errors = pipeline.selections[0].errors
+    assert chosen["validation_mase"] < 0.5 * errors["pos_embedding"]  # the stationary default misses the trend
+
+
+def test_chaotic_3d_series_needs_no_embedding_and_stays_stationary(official_model):
+    pipeline = DynaMixPipeline(official_model, ForecastOptions(random_state=0))
+    (chosen,) = pipeline.choose_settings(lorenz63_trajectory(1000), 50)
+    assert chosen["preprocessing"] == "none" and chosen["nonstationary"] is False
+    assert set(pipeline.selections[0].errors) == {"pos_embedding", "pos_embedding + nonstationary"}
+
+
+def test_calibrated_intervals_reach_nominal_coverage_on_known_noise(official_model):
+    rng = np.random.default_rng(0)
+    t = np.arange(260)
+    series = [np.sin(2 * np.pi * t / 20 + phase) + 0.3 * rng.standard_normal(len(t)) for phase in np.linspace(0, 3, 12)]
+    context, truth = np.stack([s[:-20] for s in series], axis=1)[:, :, None], np.stack([s[-20:] for s in series], 1)
+    pipeline = DynaMixPipeline(official_model, ForecastOptions(random_state=0, n_samples=100))
+    quantiles, _ = pipeline.predict_quantiles(context, 20, quantile_levels=(0.025, 0.1, 0.9, 0.975))
+    q = quantiles[..., 0]  # (4, H, S)
+    coverage_80 = ((truth >= q[1]) & (truth <= q[2])).mean()
+    coverage_95 = ((truth >= q[0]) & (truth <= q[3])).mean()
+    assert 0.7 <= coverage_80 <= 0.92, coverage_80
+    assert 0.88 <= coverage_95 <= 0.99, coverage_95
+    # Uncalibrated, the gating noise alone covers far less.
+    raw, _ = pipeline.with_options(**FIXED).predict_quantiles(context, 20, quantile_levels=(0.1, 0.9))
+    assert ((truth >= raw[0, ..., 0]) & (truth <= raw[1, ..., 0])).mean() < coverage_80
+
+
+def test_short_context_falls_back_to_defaults_uncalibrated(tiny_model):
+    pipeline = DynaMixPipeline(tiny_model, ForecastOptions(random_state=0, n_samples=4))
+    x = np.sin(np.arange(12.0))[:, None]
+    paths = pipeline.sample_paths(x, 5)
+    choice = pipeline.selections[0]
+    assert (choice.preprocessing, choice.nonstationary, choice.windows, choice.spread) == (
+        "pos_embedding",
+        False,
+        0,
+        None,
+    )
+    np.testing.assert_array_equal(paths, pipeline.with_options(**FIXED).sample_paths(x, 5))
+
+
+def test_a_diverging_candidate_is_disqualified(tiny_model, monkeypatch):
+    real = selection.diverged_steps
+
+    def first_candidate_diverges(observed, batch):
+        steps = real(observed, batch)
+        first = np.array(["(0, 0," in label for label in batch.labels])[batch.unit]
+        return np.where(first, 0, steps)
+
+    monkeypatch.setattr(selection, "diverged_steps", first_candidate_diverges)
+    pipeline = DynaMixPipeline(tiny_model, ForecastOptions(random_state=0))
+    pipeline.choose_settings(np.sin(np.arange(100.0) / 3)[:, None], 6)
+    errors = pipeline.selections[0].errors
+    assert errors["pos_embedding"] == np.inf and np.isfinite(errors["delay_embedding"])
+    assert pipeline.selections[0].preprocessing != "pos_embedding"
+
+
+def test_all_candidates_and_windows_are_one_rollout(tiny_model, monkeypatch):
+    calls = []
+    real = selection.rollout
+    monkeypatch.setattr(selection, "rollout", lambda *a: calls.append(a[1].context.shape[0]) or real(*a))
+    pipeline = DynaMixPipeline(tiny_model, ForecastOptions(random_state=0))
+    pipeline.choose_settings([np.sin(np.arange(100.0) / 3)[:, None], np.cos(np.arange(80.0) / 2)[:, None]], 6)
+    assert calls == [2 * 8 * 3]  # series x candidates x windows, one call
+
+
+def test_spread_grows_with_the_error_and_saturates_when_stationary():
+    steps = np.arange(1, 11)
+    errors = np.stack([0.1 * np.sqrt(steps) * sign for sign in (1, -1, 1)])[:, :, None]
+    spread = Spread.fit(errors, stationary=True)
+    np.testing.assert_allclose(spread.b, [0.5], atol=1e-9)
+    np.testing.assert_allclose(spread.sigma(10)[:, 0], 0.1 * np.sqrt(steps), rtol=1e-9)
+    assert spread.sigma(100_000)[-1, 0] == pytest.approx(np.sqrt(2))
+    paths = np.zeros((2000, 10, 1))
+    calibrated = spread.apply(paths, np.array([2.0]), np.random.default_rng(0))
+    np.testing.assert_allclose(calibrated.std(axis=0)[:, 0], 0.2 * np.sqrt(steps), rtol=0.1)
+
+
+def test_adapters_report_the_choice(official_path):
+    import pandas as pd
+
+    from dynamix_adapters.sktime_forecaster import DynaMixForecaster
+
+    t = np.arange(200.0)
+    y = pd.Series(10 + 0.05 * t + np.sin(2 * np.pi * t / 12))
+    forecaster = DynaMixForecaster(model=str(official_path), random_state=0).fit(y, fh=range(1, 13))
+    params = forecaster.get_fitted_params()
+    assert params["nonstationary"] is True and params["preprocessing"] in selection.EMBEDDINGS
+    assert params["selection"][0]["validation_windows"] == 3
