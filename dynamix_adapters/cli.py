@@ -262,8 +262,7 @@ def _forecast_long_command(args) -> int:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     value_cols = tuple(c.strip() for c in args.columns.split(",")) if args.columns else None
     columns = LongFormat(args.id_col, args.time_col, value_cols)
-    # --nonstationary is a flag (True/False) or, where the parser offers it, "auto", "true" or "false".
-    nonstationary = {"true": True, "false": False}.get(args.nonstationary, args.nonstationary)
+    nonstationary = {"true": True, "false": False}.get(args.nonstationary, "auto")
     options = ForecastOptions(
         context_length=args.context_length,
         preprocessing=args.preprocessing,
@@ -276,10 +275,10 @@ def _forecast_long_command(args) -> int:
     if args.scheduler:
         return _forecast_on_cluster(args, spec, columns, levels)
     frame = _read_long(args.input, columns)
+    parts = [forecast_schema(frame, columns, levels)]  # checks the columns before anything else
     pipeline = spec.pipeline()
     total = frame[columns.id_col].nunique()
     batches = forecast_long_batches(pipeline, frame, args.horizon, columns, levels, args.batch_size)
-    parts = [forecast_schema(frame, columns, levels)]
     with tqdm(total=total, unit="series", desc="forecast", disable=None) as progress:
         for batch in batches:
             parts.append(batch)

@@ -115,3 +115,54 @@ def test_train_arguments_reach_the_training_parser(capsys):
         main(["train", "--help"])
     assert info.value.code == 0
     assert "--config" in capsys.readouterr().out
+
+
+@pytest.fixture
+def long_csv(tmp_path):
+    """Three ids of unequal lengths, one row per (id, date), rows shuffled."""
+    frames = [
+        pd.DataFrame(
+            {"store": name, "day": pd.date_range("2024-01-01", periods=n, freq="D").strftime("%Y-%m-%d")}
+        ).assign(sales=10 + np.sin(np.arange(n) / 3 + k))
+        for k, (name, n) in enumerate({"a": 50, "b": 35, "c": 42}.items())
+    ]
+    path = tmp_path / "long.csv"
+    pd.concat(frames).sample(frac=1.0, random_state=0).to_csv(path, index=False)
+    return path
+
+
+LONG_ARGS = ("--id-col", "store", "--time-col", "day", "--preprocessing", "pos_embedding", "--nonstationary", "false")
+
+
+def test_forecast_long_format_csv_to_parquet(long_csv, tmp_path, capsys):
+    output = tmp_path / "forecast.parquet"
+    code, _, err = run(
+        capsys, "forecast", long_csv, *LONG_ARGS, "--horizon", 3, "--model", tiny_test_checkpoint(),
+        "--samples", 10, "--output", output,
+    )  # fmt: skip
+    assert code == 0, err
+    result = pd.read_parquet(output)
+    assert result["store"].tolist() == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    assert result["day"].iloc[3:6].dt.strftime("%Y-%m-%d").tolist() == ["2024-02-05", "2024-02-06", "2024-02-07"]
+    assert {"sales", "sales_q0.05", "sales_q0.95", "error"} <= set(result.columns)
+    assert result["error"].isna().all()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--id-col", "store"), "--id-col needs --time-col"),
+        (("--id-col", "shop", "--time-col", "day"), "no column 'shop'"),
+        (("--id-col", "store", "--time-col", "day", "--columns", "day"), "Value column 'day' must be real numbers"),
+    ],
+)
+def test_long_format_bad_input_is_one_line(long_csv, capsys, extra, message):
+    code, _, err = run(capsys, "forecast", long_csv, "--horizon", 3, "--model", tiny_test_checkpoint(), *extra)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_long_format_duplicate_time_stamps(long_csv, capsys):
+    frame = pd.read_csv(long_csv)
+    pd.concat([frame, frame.iloc[:1]]).to_csv(long_csv, index=False)
+    code, _, err = run(capsys, "forecast", long_csv, *LONG_ARGS, "--horizon", 3, "--model", tiny_test_checkpoint())
+    assert code == 2 and "duplicate time stamps" in err
