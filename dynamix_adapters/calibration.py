@@ -69,5 +69,7 @@ class Spread:
         shrink = np.where(own > target, target / np.maximum(own, SPREAD_FLOOR), 1.0)
         missing = np.sqrt(np.maximum(target**2 - own**2, 0.0))
         steps = np.arange(1, paths.shape[1] + 1)[None, :, None]
-        walk = np.cumsum(rng.standard_normal(paths.shape), axis=1) / np.sqrt(steps)
+        # Drawn step-major, so the first h steps get the same draws whatever the horizon.
+        draws = rng.standard_normal((paths.shape[1], paths.shape[0], paths.shape[2])).transpose(1, 0, 2)
+        walk = np.cumsum(draws, axis=1) / np.sqrt(steps)
         return center + deviation * shrink + walk * missing

@@ -151,15 +151,15 @@ class DynaMixPipeline:
                     f"Pass a longer history{alternative}."
                 )
 
-    def choose_settings(self, context, horizon: int) -> list[dict]:
-        """What "auto" picks for each series of ``context`` at ``horizon``, without forecasting.
+    def choose_settings(self, context) -> list[dict]:
+        """What "auto" picks for each series of ``context``, without forecasting (any horizon gets the same).
 
         One ``Selection.record()`` per series (preprocessing, nonstationary, validation windows
         and MASE); with explicit options, those options. Also kept in ``self.selections``.
         """
         series = [self.options.trim(s) for s in SeriesInput.of(context).series]
         entropy = seed_entropy(self.options.random_state)
-        self.selections = select(self, series, positive_int(horizon, "horizon"), entropy, False)
+        self.selections = select(self, series, entropy, False)
         return [choice.record() for choice in self.selections]
 
     def sample_paths(self, context, horizon: int, n_samples: int | None = None, *, names=None, initial_x=None):
@@ -213,7 +213,7 @@ class DynaMixPipeline:
             initial_x, len(series), series[0].shape[1], self.model.arch.N, self.options.nonstationary is True
         )
         entropy = seed_entropy(self.options.random_state)
-        self.selections = select(self, series, horizon, entropy, starts is not None)
+        self.selections = select(self, series, entropy, starts is not None)
         encodings = [
             SeriesEncoding.fit(
                 x, choice.options(self.options), self.model.arch.N, entropy, None if starts is None else starts[s]

@@ -2,9 +2,9 @@
 
 With ``preprocessing="auto"`` or ``nonstationary="auto"`` the pipeline holds out the last
 ``VALIDATION_WINDOWS`` windows of each context (rolling origins, ``step`` apart, each
-``step`` long, ``step = min(horizon, T // (VALIDATION_WINDOWS + 2))`` so the shortest
-validation context keeps two windows' worth of history), forecasts each window from the
-context before it with every candidate setting, and keeps the candidate with the lowest
+``step`` long, ``step = min(T // (VALIDATION_WINDOWS + 2), MAX_VALIDATION_STEPS)`` so the
+shortest validation context keeps two windows' worth of history), forecasts each window
+from the context before it with every candidate setting, and keeps the candidate with the lowest
 validation error. All series, candidates and windows go through the model in one batched
 rollout of ``VALIDATION_PATHS`` paths each.
 
@@ -41,6 +41,10 @@ VALIDATION_PATHS = 1
 # Box-Cox fit mean anything, and validation is skipped.
 MIN_VALIDATION_CONTEXT = 10
 MARGIN = 0.02
+# The windows do not depend on the horizon asked for: a forecast's first steps then never change
+# with how far it reaches (sktime's fh subsets, backtests). Capped for cost; past the validation
+# horizon the calibrated spread extrapolates (calibration.py).
+MAX_VALIDATION_STEPS = 64
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ def candidates(options: ForecastOptions, dims: int, model_dims: int, stationary_
     return [(embedding, flag) for flag in flags for embedding in embeddings]
 
 
-def select(pipeline, series: list[np.ndarray], horizon: int, entropy: int, stationary_only: bool) -> list[Selection]:
+def select(pipeline, series: list[np.ndarray], entropy: int, stationary_only: bool) -> list[Selection]:
     """One Selection per series; without "auto" options, the options themselves (nothing runs)."""
     options, model_dims = pipeline.options, pipeline.model.arch.N
     dims = series[0].shape[1]
@@ -94,7 +98,7 @@ def select(pipeline, series: list[np.ndarray], horizon: int, entropy: int, stati
         fixed = Selection(options.preprocessing, options.nonstationary, embedding or options.preprocessing)
         return [fixed] * len(series)
     pairs = candidates(options, dims, model_dims, stationary_only)
-    plans = [_plan(x, horizon, pairs, model_dims) for x in series]
+    plans = [_plan(x, pairs, model_dims) for x in series]
     errors = _validate(pipeline, series, plans, entropy)
     return [_choose(plan, error, embedding) for plan, error in zip(plans, errors, strict=True)]
 
@@ -108,9 +112,9 @@ class _Plan:
     pairs: tuple[tuple[str, bool], ...]
 
 
-def _plan(x: np.ndarray, horizon: int, pairs: list[tuple[str, bool]], model_dims: int) -> _Plan:
+def _plan(x: np.ndarray, pairs: list[tuple[str, bool]], model_dims: int) -> _Plan:
     length = len(x)
-    step = min(horizon, length // (VALIDATION_WINDOWS + 2))
+    step = min(length // (VALIDATION_WINDOWS + 2), MAX_VALIDATION_STEPS)
     cuts = tuple(length - k * step for k in range(VALIDATION_WINDOWS, 0, -1)) if step >= 1 else ()
     if not cuts or cuts[0] < MIN_VALIDATION_CONTEXT:
         return _Plan(0, (), ())

@@ -124,10 +124,8 @@ class DynaMixForecaster(BaseForecaster):
         self.model_name_ = str(self.model or DEFAULT_MODEL)
         self.n_parameters_ = net.parameter_count()
         self.embedding_ = _embedding_used(self.preprocessing, y.shape[1], net.arch.N)
-        # What "auto" chose per series (selection.py) for fh, or for a fifth of the context without one;
-        # predict validates again for its own horizon.
-        horizon = int(fh.to_relative(self.cutoff).max()) if fh is not None else max(map(len, self._series))
-        self.selection_ = self._pipeline.choose_settings(self._contexts(), max(horizon, 1))
+        # What "auto" chose per series (selection.py); predict chooses the same for any horizon.
+        self.selection_ = self._pipeline.choose_settings(self._contexts())
         self.preprocessing_, self.nonstationary_ = _per_series(self.selection_, self._instances is None)
         return self
 

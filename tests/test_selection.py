@@ -51,16 +51,14 @@ def test_explicit_settings_forecast_bit_for_bit_as_before(tiny_model, monkeypatc
     x = np.sin(np.linspace(0, 30, 150))[:, None] + np.linspace(1, 2, 150)[:, None]
     pipeline = DynaMixPipeline(tiny_model, options)
     np.testing.assert_array_equal(pipeline.sample_paths(x, 7), _pre_auto_forecast(tiny_model, options, x, 7, 5))
-    np.testing.assert_array_equal(
-        pipeline.predict_samples(x, 7), _pre_auto_forecast(tiny_model, options, x, 7, 6)[1:]
-    )
+    np.testing.assert_array_equal(pipeline.predict_samples(x, 7), _pre_auto_forecast(tiny_model, options, x, 7, 6)[1:])
     assert pipeline.selections[0].spread is None
 
 
 def test_sine_gets_a_stationary_embedding_that_unfolds_the_cycle(official_model):
     x = np.sin(2 * np.pi * np.arange(300) / 25)[:, None]
     pipeline = DynaMixPipeline(official_model, ForecastOptions(random_state=0))
-    (chosen,) = pipeline.choose_settings(x, 24)
+    (chosen,) = pipeline.choose_settings(x)
     # Zero padding leaves a 1-D state, which cannot oscillate: every real embedding beats it.
     assert chosen["preprocessing"] in ("pos_embedding", "delay_embedding", "delay_embedding_random")
     assert chosen["nonstationary"] is False
@@ -71,7 +69,7 @@ def test_trending_seasonal_series_gets_the_nonstationary_transform(official_mode
     t = np.arange(300.0)
     x = (10 + 0.05 * t + np.sin(2 * np.pi * t / 12))[:, None]
     pipeline = DynaMixPipeline(official_model, ForecastOptions(random_state=0))
-    (chosen,) = pipeline.choose_settings(x, 18)
+    (chosen,) = pipeline.choose_settings(x)
     assert chosen["nonstationary"] is True
     assert chosen["preprocessing"] != "zero_embedding"
     errors = pipeline.selections[0].errors
@@ -80,7 +78,7 @@ def test_trending_seasonal_series_gets_the_nonstationary_transform(official_mode
 
 def test_chaotic_3d_series_needs_no_embedding_and_stays_stationary(official_model):
     pipeline = DynaMixPipeline(official_model, ForecastOptions(random_state=0))
-    (chosen,) = pipeline.choose_settings(lorenz63_trajectory(1000), 50)
+    (chosen,) = pipeline.choose_settings(lorenz63_trajectory(1000))
     assert chosen["preprocessing"] == "none" and chosen["nonstationary"] is False
     assert set(pipeline.selections[0].errors) == {"pos_embedding", "pos_embedding + nonstationary"}
 
@@ -126,10 +124,11 @@ def test_a_diverging_candidate_is_disqualified(tiny_model, monkeypatch):
 
     monkeypatch.setattr(selection, "diverged_steps", first_candidate_diverges)
     pipeline = DynaMixPipeline(tiny_model, ForecastOptions(random_state=0))
-    pipeline.choose_settings(np.sin(np.arange(100.0) / 3)[:, None], 6)
+    pipeline.choose_settings(np.sin(np.arange(100.0) / 3)[:, None])
     errors = pipeline.selections[0].errors
     assert errors["pos_embedding"] == np.inf and np.isfinite(errors["delay_embedding"])
-    assert pipeline.selections[0].preprocessing != "pos_embedding"
+    chosen = pipeline.selections[0]
+    assert (chosen.preprocessing, chosen.nonstationary) != ("pos_embedding", False)
 
 
 def test_all_candidates_and_windows_are_one_rollout(tiny_model, monkeypatch):
@@ -137,7 +136,7 @@ def test_all_candidates_and_windows_are_one_rollout(tiny_model, monkeypatch):
     real = selection.rollout
     monkeypatch.setattr(selection, "rollout", lambda *a: calls.append(a[1].context.shape[0]) or real(*a))
     pipeline = DynaMixPipeline(tiny_model, ForecastOptions(random_state=0))
-    pipeline.choose_settings([np.sin(np.arange(100.0) / 3)[:, None], np.cos(np.arange(80.0) / 2)[:, None]], 6)
+    pipeline.choose_settings([np.sin(np.arange(100.0) / 3)[:, None], np.cos(np.arange(80.0) / 2)[:, None]])
     assert calls == [2 * 8 * 3]  # series x candidates x windows, one call
 
 
@@ -164,3 +163,10 @@ def test_adapters_report_the_choice(official_path):
     params = forecaster.get_fitted_params()
     assert params["nonstationary"] is True and params["preprocessing"] in selection.EMBEDDINGS
     assert params["selection"][0]["validation_windows"] == 3
+
+
+def test_first_steps_do_not_depend_on_the_horizon(tiny_model):
+    pipeline = DynaMixPipeline(tiny_model, ForecastOptions(random_state=0, n_samples=6))
+    x = np.sin(np.arange(120.0) / 4)[:, None] + np.linspace(0, 1, 120)[:, None]
+    np.testing.assert_array_equal(pipeline.predict_samples(x, 12)[:, :5], pipeline.predict_samples(x, 5))
+    np.testing.assert_array_equal(pipeline.predict(x, 12)[:5], pipeline.predict(x, 5))
