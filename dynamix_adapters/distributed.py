@@ -27,16 +27,13 @@ from .panel import DEFAULT_BATCH_SIZE, LongFormat, ModelSpec, forecast_long, for
 def read_long(source: str, columns: LongFormat) -> dd.DataFrame:
     """A long-format Parquet dataset (directory, file or glob) or CSV file(s) at any URL Dask reads.
 
-    A Parquet dataset sorted by id, whose files' id ranges do not overlap, comes back indexed by
-    id with known divisions, which lets ``forecast_dask`` skip the shuffle; anything else comes
-    back with the id as a column. Date strings in the time column of a CSV are parsed.
+    The id comes back as a column, so ``forecast_dask`` shuffles on it. For a Parquet dataset
+    sorted by id whose files hold disjoint id ranges, ``dd.read_parquet(source, index=id_col,
+    calculate_divisions=True)`` instead skips the shuffle; that is opt-in because Dask takes the
+    divisions from the files' statistics and cannot see an id that straddles two files. Date
+    strings in the time column of a CSV are parsed.
     """
-    if str(source).lower().rstrip("/").endswith(".csv"):
-        data = dd.read_csv(source)
-    else:
-        data = dd.read_parquet(source, index=columns.id_col, calculate_divisions=True)
-        if not data.known_divisions:
-            data = data.reset_index()
+    data = dd.read_csv(source) if str(source).lower().endswith(".csv") else dd.read_parquet(source)
     time = data[columns.time_col]
     if not (pd.api.types.is_datetime64_any_dtype(time.dtype) or pd.api.types.is_integer_dtype(time.dtype)):
         data = data.assign(**{columns.time_col: dd.to_datetime(time, format="mixed")})
@@ -59,7 +56,8 @@ def forecast_dask(
         The weights (name or path, readable on every worker) and options. A ``random_state`` of
         None is fixed to one fresh seed here, so all partitions of this job share it.
     data : dask.dataframe.DataFrame
-        Long format: the id as a column, or as the index with known divisions (then no shuffle).
+        Long format: the id as a column (shuffled on), or as the index with known divisions
+        that keep every id in one partition (as after ``set_index``; then no shuffle).
     horizon, columns, quantile_levels, batch_size
         As in ``forecast_long``; ``batch_size`` bounds the ids per pipeline call within a partition.
 

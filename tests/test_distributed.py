@@ -98,7 +98,8 @@ def test_parquet_to_parquet_without_a_shuffle(client, panel, expected, tmp_path)
     ordered = panel.sort_values(["id", "time"])
     for part, ids in enumerate(np.array_split(ordered["id"].unique(), 3)):
         ordered[ordered["id"].isin(ids)].to_parquet(source / f"part.{part}.parquet", index=False)
-    data = read_long(str(source), COLUMNS)
+    assert "id" in read_long(str(source), COLUMNS).columns  # by default the id stays a column, shuffled on
+    data = dd.read_parquet(source, index="id", calculate_divisions=True)  # sorted by id, files disjoint
     assert data.known_divisions and data.npartitions == 3
     write_forecast(forecast_dask(SPEC, data, 6, COLUMNS, LEVELS), str(target), client)
     pd.testing.assert_frame_equal(by_id(pd.read_parquet(target)), by_id(expected), check_exact=True)
