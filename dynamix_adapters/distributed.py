@@ -82,13 +82,13 @@ def forecast_dask(
     """
     if not isinstance(data, dd.DataFrame):
         raise TypeError(f"data must be a dask DataFrame, got {type(data).__name__}; use forecast_long for pandas.")
-    if data.index.name == columns.id_col and data.known_divisions:
-        data = data.reset_index()  # sorted by id with known divisions: every id already lies in one partition
-    elif columns.id_col in data.columns:
+    # Indexed by id with known divisions, every id already lies in one partition.
+    whole_ids = data.index.name == columns.id_col and data.known_divisions
+    if data.index.name == columns.id_col:
+        data = data.reset_index()
+    meta = forecast_schema(data._meta, columns, quantile_levels)  # checks the columns before any work
+    if not whole_ids:
         data = data.shuffle(on=columns.id_col)
-    else:
-        forecast_schema(data._meta, columns)  # raises the missing-column error
-    meta = forecast_schema(data._meta, columns, quantile_levels)
     return data.map_partitions(
         _forecast_partition,
         spec.seeded(),

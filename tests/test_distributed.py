@@ -101,8 +101,12 @@ def test_parquet_to_parquet_without_a_shuffle(client, panel, expected, tmp_path)
     assert "id" in read_long(str(source), COLUMNS).columns  # by default the id stays a column, shuffled on
     data = dd.read_parquet(source, index="id", calculate_divisions=True)  # sorted by id, files disjoint
     assert data.known_divisions and data.npartitions == 3
-    write_forecast(forecast_dask(SPEC, data, 6, COLUMNS, LEVELS), str(target), client)
+    forecasts = forecast_dask(SPEC, data, 6, COLUMNS, LEVELS)
+    write_forecast(forecasts, str(target), client)
     pd.testing.assert_frame_equal(by_id(pd.read_parquet(target)), by_id(expected), check_exact=True)
+    write_forecast(forecasts, str(tmp_path / "forecast.csv"), client)
+    as_csv = pd.read_csv(tmp_path / "forecast.csv", parse_dates=["time"])
+    pd.testing.assert_frame_equal(by_id(as_csv), by_id(expected), check_exact=False, rtol=1e-15)
 
 
 def test_cli_forecasts_a_parquet_dataset_on_the_cluster(client, panel, expected, tmp_path, capsys):
