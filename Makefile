@@ -18,7 +18,7 @@ $(VENV)/.dev-installed: $(PY) pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-.PHONY: demo test docs lint
+.PHONY: demo test check hunt docs lint
 # The official weights, where ../shared has them; the main job itself needs only the bundled ones.
 export DYNAMIX_MODEL_DIR ?= $(SHARED_MODELS)
 export NO_MKDOCS_2_WARNING := 1
@@ -31,10 +31,20 @@ test: $(VENV)/.dev-installed
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest
 	$(PY) -m pytest --nbmake notebooks -p no:cacheprovider
-	$(PY) -m mkdocs build --strict --quiet -f scripts/mkdocs.yml
+	$(PY) -m mkdocs build --strict --quiet
+
+# Under a minute: lint, then the quick unit tests (no notebooks, docs or slow suites).
+check: $(VENV)/.dev-installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_options.py tests/test_model.py tests/test_metrics.py tests/test_forecast.py
+
+# A long randomized search of the property tests (CI runs them derandomized).
+hunt: $(VENV)/.dev-installed
+	DYNAMIX_HYPOTHESIS_PROFILE=hunt DYNAMIX_PROPERTY_EXAMPLES=1500 $(PY) -m pytest -p no:cacheprovider tests/test_properties.py
 
 docs: $(VENV)/.dev-installed
-	$(PY) -m mkdocs build --strict -f scripts/mkdocs.yml
+	$(PY) -m mkdocs build --strict
 
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check --fix .

@@ -32,10 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dynamix_adapters.julia_checkpoint import read_bson
-from tests.checkpoint_fuzzing import (
+from dynamix_adapters.checkpoint_fuzzing import (
     EXTREME_INT32,
     EXTREME_UINT64,
     JULIA_TYPE_NAMES,
@@ -52,6 +49,7 @@ from tests.checkpoint_fuzzing import (
     safetensors_bytes,
     safetensors_parts,
 )
+from dynamix_adapters.julia_checkpoint import read_bson
 from tests.conftest import make_tiny_model
 
 SHARED_MODELS = Path(os.environ.get("DYNAMIX_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared")) / "models"

@@ -11,8 +11,7 @@ import pytest
 pytest.importorskip("statsforecast")
 pytest.importorskip("dysts")
 
-from dynamix_adapters import benchmark
-from dynamix_adapters.benchmark import chronos_timing, dynamical, real_world
+from dynamix_adapters.benchmark import chronos_timing, dynamical, real_world, suite
 from dynamix_adapters.weights import MODEL_DIR_ENV, OFFICIAL_MODEL
 
 from .conftest import OFFICIAL_SAFETENSORS, require_shared
@@ -25,7 +24,7 @@ def quick_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("benchmark")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(MODEL_DIR_ENV, str(OFFICIAL_SAFETENSORS.parent))
-        code = benchmark.main(["--quick", "--output", str(output), "--no-progress"])
+        code = suite.main(["--quick", "--output", str(output), "--no-progress"])
     assert code == 0
     return output
 
@@ -38,14 +37,14 @@ def test_quick_track_a_every_model_finite(quick_run):
     assert expected <= set(cases["model"])
     assert (cases["status"] == "ok").all(), cases[cases["status"] != "ok"]
     assert np.isfinite(cases[["D_stsp", "D_H", "MASE", "seconds"]].to_numpy()).all()
-    assert cases.groupby("model").size().min() == benchmark.QUICK.max_systems
+    assert cases.groupby("model").size().min() == suite.QUICK.max_systems
 
 
 @pytest.mark.slow
 def test_quick_track_b_every_model_finite(quick_run):
     windows = pd.read_csv(quick_run / "track_b_windows.csv")
     assert (windows["status"] == "ok").all(), windows[windows["status"] != "ok"]
-    assert set(windows["dataset"]) == set(benchmark.QUICK.datasets)
+    assert set(windows["dataset"]) == set(suite.QUICK.datasets)
     models = set(windows["model"])
     assert {"AutoARIMA", "AutoETS", "AutoTheta", "Seasonal naive"} <= models
     per_weight_set = pd.Series([m.split("(")[-1] for m in models if m.startswith("DynaMix")]).value_counts()
@@ -54,14 +53,14 @@ def test_quick_track_b_every_model_finite(quick_run):
     assert np.isfinite(windows[["MASE", "sMAPE", "seconds_point", "seconds_with_intervals"]].to_numpy()).all()
     coverage = windows[["coverage_80", "coverage_95"]].to_numpy()
     assert ((coverage >= 0) & (coverage <= 1)).all()
-    assert (windows.groupby(["model", "dataset"]).size() == benchmark.QUICK.windows).all()
+    assert (windows.groupby(["model", "dataset"]).size() == suite.QUICK.windows).all()
 
 
 @pytest.mark.slow
 def test_quick_darts_backtest_matches_sktime_evaluate(quick_run):
     # Same windows, same seed, same contexts: the two integrations must give the same forecasts.
     backtest = pd.read_csv(quick_run / "darts_backtest.csv")
-    assert len(backtest) == benchmark.QUICK.windows
+    assert len(backtest) == suite.QUICK.windows
     np.testing.assert_allclose(backtest["MASE"], backtest["MASE (sktime evaluate)"], rtol=1e-9)
     np.testing.assert_allclose(backtest["sMAPE"], backtest["sMAPE (sktime evaluate)"], rtol=1e-9)
 
@@ -88,9 +87,9 @@ def test_quick_timing_side_by_side(quick_run):
     if chronos_timing.chronos_available():
         pytest.skip(chronos_timing.chronos_available())
     timing = pd.read_csv(quick_run / "timing.csv")
-    assert set(benchmark.QUICK.chronos_models) <= set(timing["model"])
+    assert set(suite.QUICK.chronos_models) <= set(timing["model"])
     assert (timing["seconds"] > 0).all()
-    assert (timing["horizon"] == benchmark.QUICK.timing_horizon).all()
+    assert (timing["horizon"] == suite.QUICK.timing_horizon).all()
 
 
 def test_systems_exclude_training_and_reproduction_systems():
@@ -100,7 +99,7 @@ def test_systems_exclude_training_and_reproduction_systems():
     assert not set(systems) & set(training_systems())
     assert not [s for s in systems if any(f in s.lower() for f in ("lorenz", "chua", "sprottm"))]
     assert systems[: len(HELD_OUT_SYSTEMS)] == [s for s in HELD_OUT_SYSTEMS if s in systems]
-    assert len(systems) >= benchmark.MIN_SYSTEMS, f"only {len(systems)} eligible systems: {systems}"
+    assert len(systems) >= suite.MIN_SYSTEMS, f"only {len(systems)} eligible systems: {systems}"
 
 
 def test_trajectory_cache_returns_the_integrated_trajectory(tmp_path):
@@ -130,7 +129,7 @@ def test_datasets_load_offline(name):
     assert isinstance(y.index, pd.PeriodIndex) and y.index.is_monotonic_increasing
     assert y.index.freqstr[0] == {"yearly": "Y", "quarterly": "Q", "monthly": "M"}[dataset.frequency]
     assert y.notna().all() and len(y) >= 90
-    real_world.splitter(len(y), dataset.horizon, benchmark.FULL.windows)  # enough history for every window
+    real_world.splitter(len(y), dataset.horizon, suite.FULL.windows)  # enough history for every window
 
 
 def test_splitter_ends_at_the_series_end():
@@ -168,8 +167,8 @@ def test_chronos_runs_through_sktime_when_a_checkpoint_is_local(tmp_path):
 
 
 def test_without_weights_the_command_explains(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(benchmark, "describe_models", lambda: [{"name": OFFICIAL_MODEL, "available": False}])
-    assert benchmark.main(["--quick", "--output", str(tmp_path), "--no-progress"]) == 2
+    monkeypatch.setattr(suite, "describe_models", lambda: [{"name": OFFICIAL_MODEL, "available": False}])
+    assert suite.main(["--quick", "--output", str(tmp_path), "--no-progress"]) == 2
     assert MODEL_DIR_ENV in capsys.readouterr().err
 
 

@@ -134,7 +134,7 @@ def test_gridsearch_over_preprocessing(air, official_path):
 def test_probabilistic_forecast_is_well_formed(air, official):
     train, test = air.split_before(BACKTEST_START)
     model = official(context_length=72, point_forecast="median", n_samples=40).fit(train)
-    paths = model.predict(HORIZON, num_samples=40)
+    paths = model.predict(HORIZON, num_samples=40, random_state=0)
 
     assert paths.all_values().shape == (HORIZON, 1, 40)
     assert paths.n_samples == 40 and np.isfinite(paths.all_values()).all()
@@ -145,7 +145,7 @@ def test_probabilistic_forecast_is_well_formed(air, official):
     assert (np.diff(quantiles.to_dataframe().to_numpy(), axis=1) >= 0).all()
     assert np.isfinite(mql(test[:HORIZON], paths, q=0.9))
     # The median point forecast summarizes the same paths that num_samples returns.
-    np.testing.assert_allclose(model.predict(HORIZON).values(), paths.median().values())
+    np.testing.assert_allclose(model.predict(HORIZON, random_state=0).values(), paths.median().values())
 
 
 def test_transferable_prediction_and_batched_list(air, lorenz, official):
@@ -156,10 +156,10 @@ def test_transferable_prediction_and_batched_list(air, lorenz, official):
     np.testing.assert_array_equal(zero_shot.values(), official(context_length=100).fit(other).predict(8).values())
 
     batch = [air, lorenz, other, lorenz[:150]]
-    together = model.predict(8, series=batch, num_samples=3)
+    together = model.predict(8, series=batch, num_samples=3, random_state=0)
     assert isinstance(together, list) and len(together) == 4
     for series, forecast in zip(batch, together, strict=True):
-        alone = model.predict(8, series=series, num_samples=3)
+        alone = model.predict(8, series=series, num_samples=3, random_state=0)
         # Same random draws; padding to the longest context changes only float32 rounding.
         np.testing.assert_allclose(forecast.all_values(), alone.all_values(), rtol=1e-5, atol=1e-5)
         assert forecast.components.equals(series.components)
@@ -250,9 +250,8 @@ def test_save_and_load_in_a_fresh_process_without_sktime(tmp_path):
     assert b"torch" not in path.read_bytes(), "the torch module must stay out of the pickle"
 
     loaded = DynaMixModel.load(path)
-    np.testing.assert_array_equal(
-        loaded.predict(6, num_samples=3).all_values(), model.predict(6, num_samples=3).all_values()
-    )
+    expected = model.predict(6, num_samples=3).all_values()
+    np.testing.assert_array_equal(loaded.predict(6, num_samples=3).all_values(), expected)
 
     script = (
         "import json, sys\n"
@@ -263,7 +262,7 @@ def test_save_and_load_in_a_fresh_process_without_sktime(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
-    np.testing.assert_array_equal(np.array(json.loads(result.stdout)), model.predict(6, num_samples=3).all_values())
+    np.testing.assert_array_equal(np.array(json.loads(result.stdout)), expected)
 
 
 def test_class_is_a_darts_safe_global():

@@ -1,3 +1,3 @@
-from . import main
+from .suite import main
 
 raise SystemExit(main())

@@ -1,5 +1,7 @@
 """Checkpoint fuzzing toolkit, shared by tests/test_checkpoint_fuzz.py and scripts/fuzz_checkpoints.py.
 
+In the package (not in tests/) so that the developer script imports it without reaching into the tests.
+
 It writes valid tiny checkpoints in both formats (a BSON file in the official Julia
 layout, and safetensors), and damages them: byte-level mutations (truncation, flips,
 insertions, deletions, extreme length fields) and structural ones (missing, extra and
@@ -18,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dynamix_adapters import weights
-from dynamix_adapters.model import DynaMix
-from dynamix_adapters.weights import CheckpointError, load_model
+from . import weights
+from .model import DynaMix
+from .weights import CheckpointError, load_model
 
 # Length-like values that break readers: zero, off by one, negative, the int32 limits, huge.
 EXTREME_INT32 = (0, 1, 4, 5, -1, -5, 2**31 - 1, -(2**31), 2**24, 2**30)
