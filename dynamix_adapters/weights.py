@@ -47,7 +47,7 @@ class WeightSet:
 
 
 OFFICIAL_MODEL = "dynamix-3d-alrnn-v1.0"
-BUNDLED_MODEL = "dynamix-3d-adapters-v0.2"
+BUNDLED_MODEL = "dynamix-3d-adapters-v0.3"
 REGISTRY: dict[str, WeightSet] = {
     OFFICIAL_MODEL: WeightSet(
         name=OFFICIAL_MODEL,
