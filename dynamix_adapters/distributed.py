@@ -125,12 +125,12 @@ def write_forecast(forecasts: dd.DataFrame, target: str, client=None, progress: 
     else:
         write = forecasts.to_parquet(target, write_index=False, compute=False)
     if client is not None:
-        future = client.compute(write)
+        futures = client.compute(write)  # one future (Parquet) or one per file (CSV)
         if progress:
             from distributed import progress as show_progress
 
-            show_progress(future)
-        future.result()
+            show_progress(futures)
+        client.gather(futures)
         return
     if progress:
         from dask.diagnostics import ProgressBar
