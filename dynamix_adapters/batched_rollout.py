@@ -53,19 +53,15 @@ NaN/inf, as in torch, where divergence detection relies on it.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
-import torch
 from numba.core import types
 from numba.extending import intrinsic
 
-from .fast_rollout import LOG2_E, PackedContext, Weights, _initial_states
+from .fast_rollout import LOG2_E, PackedContext, Weights, _initial_states, advance_in_groups
 from .model import DynaMix
-from .noise import noise_blocks
 
 if TYPE_CHECKING:
     from .engine import RolloutBatch
@@ -117,23 +113,17 @@ def rollout_batched(model: DynaMix, batch: RolloutBatch, horizon: int, threads: 
     w_rows = np.ascontiguousarray(weights.W_columns.T)  # (J*M, M)
     out = np.empty((horizon, trajectories, n), dtype=np.float32)
     tiles = -(-trajectories // LANES)
-    groups = max(1, min(threads or torch.get_num_threads(), tiles))
-    bounds = np.linspace(0, tiles, groups + 1).astype(np.int64)
     lane_state = np.empty((tiles, m, LANES), dtype=np.float32)  # (tiles, M, L): latent state, lanes last
     _gather_states(state, lane_state)
 
-    def advance(noise, start, group):
+    def advance(noise, start, first, stop):
         _advance_tiles(
-            lane_state, noise, out, start, bounds[group], bounds[group + 1], unit, *packed.arrays(),
+            lane_state, noise, out, start, first, stop, unit, *packed.arrays(),
             weights.D, weights.sigma, weights.tau1, weights.W1, weights.b1, weights.W2, weights.b2, weights.tau2,
             weights.A, w_rows, weights.h, weights.relu_from,
         )  # fmt: skip
 
-    start = 0
-    with ThreadPoolExecutor(groups) as pool:
-        for noise in noise_blocks(batch.streams, horizon, n):
-            list(pool.map(partial(advance, noise, start), range(groups)))
-            start += noise.shape[1]
+    advance_in_groups(batch.streams, horizon, n, tiles, threads, advance)
     return out
 
 

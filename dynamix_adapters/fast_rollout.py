@@ -152,20 +152,33 @@ def rollout_compiled(model: DynaMix, batch: RolloutBatch, horizon: int, threads:
     packed = PackedContext.of(model, batch.context, batch.valid_from)
     state = _initial_states(np.asarray(batch.x0, dtype=np.float32), model.B.detach().cpu().numpy().astype(np.float32))
     unit = np.ascontiguousarray(batch.unit, dtype=np.int64)
-    trajectories, n = len(unit), model.arch.N
-    out = np.empty((horizon, trajectories, n), dtype=np.float32)
-    groups = max(1, min(threads or torch.get_num_threads(), trajectories))
-    bounds = np.linspace(0, trajectories, groups + 1).astype(np.int64)
+    out = np.empty((horizon, len(unit), model.arch.N), dtype=np.float32)
 
-    def advance(noise, start, group):
-        _advance(state, noise, out, start, bounds[group], bounds[group + 1], unit, *packed.arrays(), *weights.arrays())
+    def advance(noise, start, first, stop):
+        _advance(state, noise, out, start, first, stop, unit, *packed.arrays(), *weights.arrays())
 
+    advance_in_groups(batch.streams, horizon, model.arch.N, len(unit), threads, advance)
+    return out
+
+
+def advance_in_groups(streams, horizon: int, dims: int, items: int, threads: int | None, advance) -> None:
+    """Call ``advance(noise, out_start, first, stop)`` for every noise block (B, k, N) and group of items.
+
+    The ``items`` (trajectories, or tiles of them) are independent, so they split into
+    contiguous groups over ``threads`` threads (default ``torch.get_num_threads()``); the
+    compiled kernels release the GIL, and no result depends on the split.
+    """
+    groups = max(1, min(threads or torch.get_num_threads(), items))
+    bounds = np.linspace(0, items, groups + 1).astype(np.int64)
     start = 0
     with ThreadPoolExecutor(groups) as pool:
-        for noise in noise_blocks(batch.streams, horizon, n):
-            list(pool.map(partial(advance, noise, start), range(groups)))
+        for noise in noise_blocks(streams, horizon, dims):
+            list(pool.map(partial(_advance_group, advance, noise, start, bounds), range(groups)))
             start += noise.shape[1]
-    return out
+
+
+def _advance_group(advance, noise, start, bounds, group) -> None:
+    advance(noise, start, bounds[group], bounds[group + 1])
 
 
 def _initial_states(x0: np.ndarray, read_in: np.ndarray) -> np.ndarray:
