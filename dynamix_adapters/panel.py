@@ -340,6 +340,9 @@ def _forecast_batch(
             continue
         series[n], names[n] = rows, name
     forecasts = _predict(pipeline, series, names, horizon, levels, errors)  # n -> (1 + Q, H, D)
+    for n in [n for n, values in forecasts.items() if not np.isfinite(values).all()]:
+        del forecasts[n]  # on_divergence="nan" returns NaN for a diverged series instead of raising
+        errors[n] = f"{names[n]}: the forecast diverged (on_divergence='nan' returned NaN)."
 
     # One row per failed id, H rows per forecast id, in id order: (R,) stamps and (R, (1 + Q) * D) values.
     counts = np.array([horizon if n in forecasts else 1 for n in batch])

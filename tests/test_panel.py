@@ -102,6 +102,21 @@ def test_a_diverging_id_becomes_an_error_row(pipeline, monkeypatch):
     assert result.loc["a", ERROR_COLUMN].isna().all() and len(result.loc["a"]) == 3
 
 
+def test_a_nan_forecast_becomes_an_error_row(pipeline, monkeypatch):
+    frame = long_panel({"a": 40, "b": 40})
+    predict = DynaMixPipeline.predict
+
+    def nan_for_b(self, context, horizon, *, names=None):
+        point = predict(self, context, horizon, names=names)  # (H, S, D)
+        point[:, names.index("id 'b'")] = np.nan  # as on_divergence="nan" returns a diverged series
+        return point
+
+    monkeypatch.setattr(DynaMixPipeline, "predict", nan_for_b)
+    result = forecast_long(pipeline, frame, 3, COLUMNS).set_index("id")
+    assert "id 'b': the forecast diverged" in result.loc["b", ERROR_COLUMN]
+    assert len(result.loc["a"]) == 3
+
+
 @pytest.mark.parametrize(
     ("change", "error", "message"),
     [
