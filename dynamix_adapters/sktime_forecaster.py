@@ -34,7 +34,8 @@ class DynaMixForecaster(BaseForecaster):
     n_parameters_ : int
         Parameter count of the loaded model.
     embedding_ : str
-        The embedding applied to the fitted series, given their number of dims.
+        The embedding applied to the fitted series, given their number of dims ("per series"
+        when "auto" chose different ones across a panel: see ``preprocessing_``).
 
     Notes
     -----
@@ -123,10 +124,11 @@ class DynaMixForecaster(BaseForecaster):
         self._check_lengths(self._instances, self._series)
         self.model_name_ = str(self.model or DEFAULT_MODEL)
         self.n_parameters_ = net.parameter_count()
-        self.embedding_ = _embedding_used(self.preprocessing, y.shape[1], net.arch.N)
         # What "auto" chose per series (selection.py); predict chooses the same for any horizon.
         self.selection_ = self._pipeline.choose_settings(self._contexts())
         self.preprocessing_, self.nonstationary_ = _per_series(self.selection_, self._instances is None)
+        chosen = {record["preprocessing"] for record in self.selection_}
+        self.embedding_ = _embedding_used(chosen.pop() if len(chosen) == 1 else "per series", y.shape[1], net.arch.N)
         return self
 
     @property
