@@ -68,7 +68,7 @@ class SeriesInput:
         if array.ndim == 2:
             return cls([array], "single")
         if array.ndim == 3:
-            return cls([array[:, s, :] for s in range(array.shape[1])], "batch")
+            return cls([np.ascontiguousarray(array[:, s, :]) for s in range(array.shape[1])], "batch")
         raise ValueError(
             f"context must have 2 dims (T_C, N_data) or 3 dims (T_C, S, N_data), got shape {array.shape}. "
             "Reshape a 1-D series with x[:, None]."
@@ -327,7 +327,7 @@ def as_float_array(value, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be numeric, got dtype {array.dtype}.")
     if np.issubdtype(array.dtype, np.complexfloating):
         raise TypeError(f"{name} must be real-valued, got dtype {array.dtype}.")
-    array = array.astype(np.float64)
+    array = np.ascontiguousarray(array, dtype=np.float64)  # the memory order must not change a rounding
     if array.size == 0:
         raise ValueError(f"{name} is empty (shape {array.shape}).")
     if not np.all(np.isfinite(array)):
