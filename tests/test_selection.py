@@ -73,14 +73,14 @@ def test_trending_seasonal_series_gets_the_nonstationary_transform(official_mode
     assert chosen["nonstationary"] is True
     assert chosen["preprocessing"] != "zero_embedding"
     errors = pipeline.selections[0].errors
-    assert chosen["validation_mase"] < 0.5 * errors["pos_embedding"]  # the stationary default misses the trend
+    assert chosen["validation_mase"] < 0.5 * errors["delay_embedding"]  # the stationary reference misses the trend
 
 
 def test_chaotic_3d_series_needs_no_embedding_and_stays_stationary(official_model):
     pipeline = DynaMixPipeline(official_model, ForecastOptions(random_state=0))
     (chosen,) = pipeline.choose_settings(lorenz63_trajectory(1000))
     assert chosen["preprocessing"] == "none" and chosen["nonstationary"] is False
-    assert set(pipeline.selections[0].errors) == {"pos_embedding", "pos_embedding + nonstationary"}
+    assert set(pipeline.selections[0].errors) == {"delay_embedding", "delay_embedding + nonstationary"}
 
 
 def test_calibrated_intervals_reach_nominal_coverage_on_known_noise(official_model):
@@ -126,9 +126,9 @@ def test_a_diverging_candidate_is_disqualified(tiny_model, monkeypatch):
     pipeline = DynaMixPipeline(tiny_model, ForecastOptions(random_state=0))
     pipeline.choose_settings(np.sin(np.arange(100.0) / 3)[:, None])
     errors = pipeline.selections[0].errors
-    assert errors["pos_embedding"] == np.inf and np.isfinite(errors["delay_embedding"])
+    assert errors["delay_embedding"] == np.inf and np.isfinite(errors["pos_embedding"])
     chosen = pipeline.selections[0]
-    assert (chosen.preprocessing, chosen.nonstationary) != ("pos_embedding", False)
+    assert (chosen.preprocessing, chosen.nonstationary) != ("delay_embedding", False)
 
 
 def test_all_candidates_and_windows_are_one_rollout(tiny_model, monkeypatch):
@@ -137,7 +137,7 @@ def test_all_candidates_and_windows_are_one_rollout(tiny_model, monkeypatch):
     monkeypatch.setattr(selection, "rollout", lambda *a: calls.append(a[1].context.shape[0]) or real(*a))
     pipeline = DynaMixPipeline(tiny_model, ForecastOptions(random_state=0))
     pipeline.choose_settings([np.sin(np.arange(100.0) / 3)[:, None], np.cos(np.arange(80.0) / 2)[:, None]])
-    assert calls == [2 * 8 * 3]  # series x candidates x windows, one call
+    assert calls == [2 * 6 * 3]  # series x candidates x windows, one call
 
 
 def test_spread_grows_with_the_error_and_saturates_when_stationary():

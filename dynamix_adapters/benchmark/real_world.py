@@ -253,9 +253,10 @@ def evaluate_model(name: str, forecaster, dataset: Dataset, y: pd.Series, window
 
 def _wql(record: dict) -> float:
     """2 x mean pinball loss / mean |y_test|: scale-free, so comparable across datasets; NaN without intervals."""
-    if "test_PinballLoss" not in record:
+    key = f"test_PinballLoss_{list(WQL_LEVELS)}"  # sktime names the column after the levels
+    if key not in record:
         return np.nan
-    return float(2 * record["test_PinballLoss"] / np.abs(np.asarray(record["y_test"], dtype=float)).mean())
+    return float(2 * record[key] / np.abs(np.asarray(record["y_test"], dtype=float)).mean())
 
 
 def darts_backtest(dataset: Dataset, y: pd.Series, windows: int, parameters: dict) -> list[dict]:
