@@ -100,19 +100,20 @@ OPTIONS_DOC = """\
         How series with fewer dims than the model (3) are embedded: "pos_embedding",
         "delay_embedding", "delay_embedding_random" or "zero_embedding". Series with more
         dims are forecast one dim at a time (each dim embedded). "auto" chooses per series
-        by in-context validation: the last 3 windows of the context (each as long as the
-        horizon, at most a fifth of the context) are forecast from the history before them
-        with every embedding, and the one with the lowest validation MASE (mean absolute
-        error of the median path over the mean one-step change) is kept; the default
-        embedding wins ties within 2%. A series with as many dims as the model needs no
-        embedding. The choice is reported (``DynaMixPipeline.selections``, sktime
+        by in-context validation: 3 overlapping windows at the end of the context (each
+        min(16, T/5) steps, whatever the horizon, so a forecast's first steps never change
+        with how far it reaches) are forecast from the history before them with
+        "delay_embedding", "pos_embedding" and "delay_embedding_random", and the one with
+        the lowest validation MASE (mean absolute error over the mean one-step change) is
+        kept; another must beat "delay_embedding" by 10% to replace it. A series with as
+        many dims as the model needs no embedding. The choice is reported (``DynaMixPipeline.selections``, sktime
         ``get_fitted_params()``, darts ``selections_``, the CLI's log).
     standardize : bool, default=True
         Z-score each series and dim over its context, and undo it on the forecast.
     nonstationary : bool or "auto", default="auto"
         Remove a Box-Cox transform and a power-law trend before forecasting, and restore them
         on the forecast; for trending series. "auto" validates both, as ``preprocessing``
-        does; the transform must beat the stationary forecast by 2% to be kept.
+        does; the transform must beat the stationary forecast by 10% to be kept.
         With either option "auto", the same validation forecasts calibrate the sample paths
         behind intervals, quantiles, variances and "median"/"mean" point forecasts: their
         spread at each step is set to the validation error (see ``calibration``). Contexts
