@@ -256,7 +256,8 @@ def _wql(record: dict) -> float:
     key = f"test_PinballLoss_{list(WQL_LEVELS)}"  # sktime names the column after the levels
     if key not in record:
         return np.nan
-    return float(2 * record[key] / np.abs(np.asarray(record["y_test"], dtype=float)).mean())
+    scale = np.abs(np.asarray(record["y_test"], dtype=float)).mean()
+    return float(2 * record[key] / scale) if scale > 0 else np.nan  # all-zero windows (PBS) have no scale
 
 
 def darts_backtest(dataset: Dataset, y: pd.Series, windows: int, parameters: dict) -> list[dict]:
