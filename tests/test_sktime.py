@@ -170,7 +170,8 @@ def test_intervals_widen_with_the_horizon_on_a_chaotic_series(official, lorenz):
     width = intervals.xs("upper", axis=1, level=2) - intervals.xs("lower", axis=1, level=2)
     assert (width.to_numpy() >= 0).all()
     first, late = width.iloc[0], width.iloc[-10:].mean()
-    assert (late > 5 * first).all(), (first, late)
+    # Calibrated (the default): the first step's width is the measured one-step error, not ~0.
+    assert (late > 1.5 * first).all(), (first, late)
     trend = [np.corrcoef(np.arange(len(width)), width[column])[0, 1] for column in width.columns]
     assert min(trend) > 0.3, trend
 
