@@ -170,3 +170,20 @@ def test_first_steps_do_not_depend_on_the_horizon(tiny_model):
     x = np.sin(np.arange(120.0) / 4)[:, None] + np.linspace(0, 1, 120)[:, None]
     np.testing.assert_array_equal(pipeline.predict_samples(x, 12)[:, :5], pipeline.predict_samples(x, 5))
     np.testing.assert_array_equal(pipeline.predict(x, 12)[:5], pipeline.predict(x, 5))
+
+
+def test_darts_and_cli_report_the_choice(official_path, tmp_path, capsys):
+    import pandas as pd
+    from darts import TimeSeries
+
+    from dynamix_adapters.cli import main
+    from dynamix_adapters.darts_model import DynaMixModel
+
+    t = np.arange(200.0)
+    values = 10 + 0.05 * t + np.sin(2 * np.pi * t / 12)
+    model = DynaMixModel(model=str(official_path), random_state=0).fit(TimeSeries.from_values(values))
+    model.predict(6)
+    assert model.selections_[0]["nonstationary"] is True
+    pd.DataFrame({"y": values}).to_csv(tmp_path / "y.csv", index=False)
+    assert main(["forecast", str(tmp_path / "y.csv"), "--horizon", "3", "--model", str(official_path)]) == 0
+    assert "auto chose preprocessing=" in capsys.readouterr().err
