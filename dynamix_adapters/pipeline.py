@@ -4,10 +4,12 @@ One forecast call flows one way::
 
     context (T, N) | (T, S, N) | list of (T_s, N)
       -> input transform   series list, checked and trimmed to ``context_length``
+      -> select            "auto" options: each series' setting by in-context validation (selection.py)
       -> encode            one SeriesEncoding per series (trend, scaler, embedding or split)
       -> RolloutBatch      left-padded contexts, starts, per-trajectory noise streams
       -> rollout           (H, B, N) in model space, on the numba or torch backend
       -> decode            each SeriesEncoding inverts its own transforms
+      -> calibrate         validated series: sample paths spread to the validation error (calibration.py)
       -> output transform  (P, H, [S,] N) in the caller's layout
 
 Random draws come from streams keyed by (seed, series content, path), so a series gets
