@@ -113,7 +113,7 @@ OPTIONS_DOC = """\
     nonstationary : bool or "auto", default="auto"
         Remove a Box-Cox transform and a power-law trend before forecasting, and restore them
         on the forecast; for trending series. "auto" validates both, as ``preprocessing``
-        does; the transform must beat the stationary forecast by 10% to be kept.
+        does; the transform must beat the best stationary candidate by 25% to be kept.
         With either option "auto", the same validation forecasts calibrate the sample paths
         behind intervals, quantiles, variances and "median"/"mean" point forecasts: their
         spread at each step is set to the validation error (see ``calibration``). Contexts
