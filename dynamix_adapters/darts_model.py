@@ -7,6 +7,7 @@ Importing this module registers :class:`DynaMixModel` as a darts safe global, so
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from numbers import Integral
 
@@ -17,6 +18,8 @@ from darts.utils.serialization import add_safe_globals
 
 from .options import OPTIONS_DOC, ForecastOptions
 from .pipeline import DynaMixPipeline
+
+_SEED_LOCK = threading.Lock()
 
 
 class DynaMixModel(LocalForecastingModel):
@@ -211,7 +214,8 @@ class DynaMixModel(LocalForecastingModel):
         """
         if self.random_state is None:
             return int(np.random.randint(0, 2**31 - 1))
-        calls, self._predict_calls = self._predict_calls, self._predict_calls + 1
+        with _SEED_LOCK:  # concurrent predicts each take their own seed of the stream
+            calls, self._predict_calls = self._predict_calls, self._predict_calls + 1
         return (
             self.random_state if calls == 0 else int(np.random.default_rng([self.random_state, calls]).integers(2**63))
         )

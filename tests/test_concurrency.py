@@ -109,18 +109,19 @@ def test_threads_on_the_official_weights_give_the_serial_results(official_path, 
 
 
 def test_eight_threads_predicting_on_one_darts_model_give_the_serial_results(interleaved_threads):
+    """With per-call seeds, threads reproduce the serial forecasts; unpinned calls each take one stream seed."""
     series = TimeSeries.from_values(np.sin(0.3 * np.arange(80)))
     other = TimeSeries.from_values(np.cos(0.2 * np.arange(50)))
     model = DynaMixModel(model=str(tiny_test_checkpoint()), random_state=5).fit(series)
     calls = [
-        lambda: model.predict(3),
-        lambda: model.predict(40),
-        lambda: model.predict(12, num_samples=10),
-        lambda: model.predict(5, series=other),
-        lambda: model.predict(8, series=[series, other], num_samples=3),
+        lambda: model.predict(3, random_state=1),
+        lambda: model.predict(40, random_state=2),
+        lambda: model.predict(12, num_samples=10, random_state=3),
+        lambda: model.predict(5, series=other, random_state=4),
+        lambda: model.predict(8, series=[series, other], num_samples=3, random_state=5),
         lambda: model.predict(20, random_state=9),
-        lambda: model.predict(1),
-        lambda: model.predict(30, num_samples=2),
+        lambda: model.predict(1, random_state=6),
+        lambda: model.predict(30, num_samples=2, random_state=7),
     ]
 
     def values(result):
@@ -131,6 +132,17 @@ def test_eight_threads_predicting_on_one_darts_model_give_the_serial_results(int
         for expected, got in zip(serial, in_threads([lambda call=call: values(call()) for call in calls]), strict=True):
             for a, b in zip(expected, got, strict=True):
                 np.testing.assert_array_equal(a, b)
+    # darts' stream: eight concurrent unpinned calls take the next eight seeds, none twice, none lost.
+    model.fit(series)
+    expected_seeds = {model._next_seed() for _ in range(8)}
+    model.fit(series)
+    forecasts = in_threads([lambda: model.predict(4).values() for _ in range(8)])
+    assert model._predict_calls == 8
+    reference = model.fit(series)
+    assert len({f.tobytes() for f in forecasts}) == len(expected_seeds) == 8
+    assert {f.tobytes() for f in forecasts} == {
+        reference.predict(4, random_state=s).values().tobytes() for s in expected_seeds
+    }
 
 
 def test_the_weight_cache_builds_one_model_for_many_threads(tmp_path, interleaved_threads):
