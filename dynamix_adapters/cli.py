@@ -109,14 +109,7 @@ def read_table(path: Path, time_col: str | None, columns: str | None) -> tuple[p
     """Load INPUT, pick the time index and the numeric columns to forecast."""
     if not path.is_file():
         raise UsageError(f"input file {path} does not exist")
-    try:
-        frame = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise UsageError(f"input file {path} is empty") from None
-    except (ValueError, OSError, pd.errors.ParserError) as err:
-        raise UsageError(f"cannot read {path}: {err}") from None
-    if frame.empty:
-        raise UsageError(f"input file {path} has no rows")
+    frame = _read_frame(str(path), parquet=path.suffix.lower() in (".parquet", ".pq"))
     if time_col is None:
         time_col = _detect_time_column(frame)
     elif time_col not in frame.columns:
@@ -141,6 +134,19 @@ def read_table(path: Path, time_col: str | None, columns: str | None) -> tuple[p
     if not chosen:
         raise UsageError(f"{path} has no columns to forecast")
     return data.astype(float), index
+
+
+def _read_frame(source: str, parquet: bool) -> pd.DataFrame:
+    """A Parquet file or dataset, or a CSV, as a frame with rows; a UsageError says what is wrong."""
+    try:
+        frame = pd.read_parquet(source) if parquet else pd.read_csv(source)
+    except pd.errors.EmptyDataError:
+        raise UsageError(f"input {source} is empty") from None
+    except (ValueError, OSError, pd.errors.ParserError) as err:
+        raise UsageError(f"cannot read {source}: {err}") from None
+    if frame.empty:
+        raise UsageError(f"input {source} has no rows")
+    return frame
 
 
 def _detect_time_column(frame: pd.DataFrame) -> str | None:
@@ -299,14 +305,7 @@ def _read_long(source: str, columns: LongFormat) -> pd.DataFrame:
     """A long-format CSV, Parquet file or Parquet dataset directory, with date strings in the time column parsed."""
     if "://" not in source and not Path(source).exists():
         raise UsageError(f"input {source} does not exist")
-    try:
-        frame = pd.read_csv(source) if source.lower().endswith(".csv") else pd.read_parquet(source)
-    except pd.errors.EmptyDataError:
-        raise UsageError(f"input {source} is empty") from None
-    except (ValueError, OSError, pd.errors.ParserError) as err:
-        raise UsageError(f"cannot read {source}: {err}") from None
-    if frame.empty:
-        raise UsageError(f"input {source} has no rows")
+    frame = _read_frame(source, parquet=not source.lower().endswith(".csv"))
     time = frame.get(columns.time_col)
     if time is not None and not (pd.api.types.is_datetime64_any_dtype(time) or pd.api.types.is_integer_dtype(time)):
         try:
