@@ -43,7 +43,10 @@ def test_forecast_csv_with_quantiles_and_plot(monthly_csv, tmp_path, capsys):
 
 
 def test_same_seed_same_output(monthly_csv, capsys):
+    # pos_embedding: on this series auto picks a delay embedding, where the tiny random model's attention is
+    # too sharp for the gating noise to move the point forecast at all.
     args = ("forecast", monthly_csv, "--horizon", 4, "--columns", "load", "--model", tiny_test_checkpoint())
+    args = (*args, "--preprocessing", "pos_embedding")
     first = run(capsys, *args, "--seed", 3)[1]
     assert first == run(capsys, *args, "--seed", 3)[1]
     assert first != run(capsys, *args, "--seed", 4)[1]
