@@ -48,11 +48,13 @@ def test_quick_track_b_every_model_finite(quick_run):
     models = set(windows["model"])
     assert {"AutoARIMA", "AutoETS", "AutoTheta", "Seasonal naive"} <= models
     per_weight_set = pd.Series([m.split("(")[-1] for m in models if m.startswith("DynaMix")]).value_counts()
-    assert per_weight_set[f"{OFFICIAL_MODEL})"] == 5  # four embeddings and the non-stationary option
-    assert (per_weight_set == 5).all()
+    assert per_weight_set[f"{OFFICIAL_MODEL})"] == 6  # auto, four embeddings and the non-stationary option
+    assert (per_weight_set == 6).all()
     assert np.isfinite(windows[["MASE", "sMAPE", "seconds_point", "seconds_with_intervals"]].to_numpy()).all()
     coverage = windows[["coverage_80", "coverage_95"]].to_numpy()
     assert ((coverage >= 0) & (coverage <= 1)).all()
+    with_intervals = windows[windows["model"] != "Seasonal naive"]
+    assert (with_intervals["wQL"].dropna() >= 0).all() and with_intervals["wQL"].notna().any()
     assert (windows.groupby(["model", "dataset"]).size() == suite.QUICK.windows).all()
 
 
