@@ -277,6 +277,9 @@ def darts_backtest(dataset: Dataset, y: pd.Series, windows: int, parameters: dic
         forecast_horizon=dataset.horizon,
         stride=cv.step_length,
         retrain=False,
+        # darts advances a seeded model's stream with every window; pinning each window's seed makes
+        # every window match sktime's evaluate, where predict has no side effects.
+        random_state=parameters.get("random_state"),
         metric=[mase, smape],
         metric_kwargs=[{"m": dataset.season}, {}],
         reduction=None,
