@@ -115,10 +115,10 @@ def test_adapters_name_the_diverged_series_their_own_way(official_path, shared_s
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        forecaster = DynaMixForecaster(model=str(official_path), random_state=1).fit(y)
+        forecaster = DynaMixForecaster(model=str(official_path), random_state=1, on_divergence="raise").fit(y)
         with pytest.raises(DivergenceError, match=r"series 'shock' at step"):
             forecaster.predict(fh=list(range(1, 201)))
-    model = DynaMixModel(model=str(official_path), random_state=1)
+    model = DynaMixModel(model=str(official_path), random_state=1, on_divergence="raise")
     series = [TimeSeries.from_values(values) for values in frames.values()]
     with pytest.raises(DivergenceError, match=r"series\[1\] at step"):
         model.fit(series[0]).predict(200, series=series)
@@ -145,7 +145,15 @@ def test_values_beyond_float32_after_preprocessing_are_a_clear_error(options, ma
     context = np.full((50, 1), 1e300) if "standardize" in options else np.sin(np.arange(50.0))[:, None]
     context = context + np.arange(50)[:, None] * context[0] * 1e-3
     with pytest.raises(ValueError, match=f"float32 range the model computes in: .*{match}"):
-        forecast(str(tiny_test_checkpoint()), context, 5, random_state=0, **options)
+        forecast(
+            str(tiny_test_checkpoint()),
+            context,
+            5,
+            random_state=0,
+            preprocessing="pos_embedding",
+            nonstationary=False,
+            **options,
+        )
 
 
 @pytest.mark.parametrize("scale", [1e-300, 1e-12, 1e12, 1e300])
