@@ -15,11 +15,18 @@ detached z (``detach_query``), each parameter array's gradient is clipped to nor
 The forward and backward pass run either as one compiled kernel (``backend =
 "fused"``, see ``fused.py``) or with torch autograd (``"torch"``, the reference).
 An update whose loss or gradient is not finite, or whose rollout's latent state
-passed ``max_latent``, is skipped and the run rolls back to the last epoch that had
-no such update (model and optimizer state), with the learning rate multiplied by
-``rollback_factor`` from then on. Without this, one bad update can leave weights
-whose hidden dims blow up on every sequence, and every later update is skipped: the
-first 5e-3 run of v0.3 stalled that way at update ~5,050.
+passed ``max_latent``, is skipped. After ``max_consecutive_skips`` skipped updates in
+a row the run rolls back to the last epoch that ended on an accepted update (model
+and optimizer state), with the learning rate multiplied by ``rollback_factor`` from
+then on. Without the rollback, one bad update can leave weights whose hidden dims
+blow up on every sequence, and every later update is skipped: the first 5e-3 run of
+v0.3 stalled that way at update ~5,050. With a rollback on every skip (v0.3's
+setting, ``max_consecutive_skips = 1``) a single bad batch lowers the rate for good:
+v0.3 ended 8x below its schedule after three of them.
+
+The attention and expert temperatures are kept at or above ``tau1_floor`` and
+``tau2_floor`` after every update: v0.3's blow-up came right after |tau1| fell from
+0.07 to 0.017 (near-hard attention), and pilots saw tau2 fall to 0.005.
 
 Runs are seeded and resumable: a checkpoint holds the model, optimizer, learning
 rate schedule, random generator, update count and training time, and a resumed run
@@ -116,11 +123,21 @@ class TrainingConfig:
     backend: str = "fused"
     max_latent: float = 1e3  # a rollout whose |z| passes this counts as diverged (the data is standardized)
     rollback_factor: float = 0.5  # learning rate multiplier after each rollback
+    max_consecutive_skips: int = 1  # skipped updates in a row that trigger a rollback
+    tau1_floor: float = 0.0  # lower bound on |softmax_temp1| after each update (0: none)
+    tau2_floor: float = 0.0  # lower bound on |softmax_temp2| after each update (0: none)
     validate_every: int = 25  # epochs
     checkpoint_every: int = 5  # epochs
 
     def __post_init__(self):
-        positive = ("threads", "epochs", "batches_per_epoch", "batch_size", "teacher_forcing_interval")
+        positive = (
+            "threads",
+            "epochs",
+            "batches_per_epoch",
+            "batch_size",
+            "teacher_forcing_interval",
+            "max_consecutive_skips",
+        )
         for name in (*positive, "validate_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainingConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -137,6 +154,8 @@ class TrainingConfig:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.initialization not in INITIALIZATIONS:
             raise ValueError(f"initialization must be one of {INITIALIZATIONS}, got {self.initialization!r}")
+        if self.tau1_floor < 0 or self.tau2_floor < 0:
+            raise ValueError("tau1_floor and tau2_floor must be >= 0")
         if self.architecture.N != 3:
             raise ValueError(f"the corpus is three-dimensional, so architecture.N must be 3, got {self.architecture.N}")
 
@@ -308,6 +327,7 @@ class Trainer:
         self.update = 0
         self.train_seconds = 0.0
         self.rollbacks = 0
+        self.consecutive_skips = 0
         self.snapshot = self._snapshot()
 
     @property
@@ -328,6 +348,7 @@ class Trainer:
             "update": self.update,
             "train_seconds": self.train_seconds,
             "rollbacks": self.rollbacks,
+            "consecutive_skips": self.consecutive_skips,
             "snapshot": self.snapshot,
         }
         partial = self.checkpoint_path.with_suffix(".tmp")
@@ -349,6 +370,7 @@ class Trainer:
         self.update = int(state["update"])
         self.train_seconds = float(state["train_seconds"])
         self.rollbacks = int(state["rollbacks"])
+        self.consecutive_skips = int(state["consecutive_skips"])
         self.snapshot = state["snapshot"]
 
     def _snapshot(self) -> dict:
@@ -371,7 +393,18 @@ class Trainer:
         if not (math.isfinite(mse) and math.isfinite(norm) and largest <= self.config.max_latent):
             return None
         self.optimizer.step()
+        self._floor_temperatures()
         return mse, penalty, largest, norm
+
+    def _floor_temperatures(self) -> None:
+        gating = self.model.gating_network
+        with torch.no_grad():
+            for temperature, floor in (
+                (gating.softmax_temp1, self.config.tau1_floor),
+                (gating.softmax_temp2, self.config.tau2_floor),
+            ):
+                sign = torch.where(temperature < 0, -1.0, 1.0)
+                temperature.copy_(sign * temperature.abs().clamp_min(floor))
 
     def run(self, resume: bool = False, progress: bool = True, until_epoch: int | None = None) -> Path | None:
         """Train to ``config.epochs`` (continuing from the checkpoint if ``resume``); returns the weights file.
@@ -407,13 +440,18 @@ class Trainer:
         totals = np.zeros(3)  # mse, penalty, accepted updates
         extremes = np.zeros(2)  # largest |z|, largest gradient norm
         started = time.perf_counter()
+        rollbacks_before_epoch = self.rollbacks
         while self.update < last_update:
             result = self.step(sample_batch(corpus.trajectories, config, self.rng))
             if result is not None:
                 totals += (result[0], result[1], 1)
                 extremes = np.maximum(extremes, result[2:])
+                self.consecutive_skips = 0
             else:
-                self.roll_back()
+                self.consecutive_skips += 1
+                if self.consecutive_skips >= config.max_consecutive_skips:
+                    self.roll_back()
+                    self.consecutive_skips = 0
             self.update += 1
             bar.update()
             if self.update % config.batches_per_epoch == 0:
@@ -441,12 +479,13 @@ class Trainer:
                         **validation,
                     },
                 )
-                if totals[2] == config.batches_per_epoch:
+                if self.rollbacks == rollbacks_before_epoch and result is not None:
                     self.snapshot = self._snapshot()
                 if epoch % config.checkpoint_every == 0 or self.update == last_update:
                     self.save_checkpoint()
                 totals[:] = 0.0
                 extremes[:] = 0.0
+                rollbacks_before_epoch = self.rollbacks
                 started = time.perf_counter()
         bar.close()
         if self.update < config.total_updates:
