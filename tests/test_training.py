@@ -349,3 +349,35 @@ def test_a_stopped_run_exports_its_weights_at_that_epoch(tmp_path, corpus_cache)
     model = load_model(exported / "tiny.safetensors")
     for key, value in stopped.model.state_dict().items():
         assert torch.equal(value, model.state_dict()[key]), key
+
+
+def test_isolated_diverged_updates_are_skipped_without_a_rollback(tmp_path, tiny_config, corpus_cache):
+    from dataclasses import replace
+
+    strict = replace(tiny_config, max_latent=1e-6, max_consecutive_skips=5)  # every update diverges
+    trainer = Trainer(strict, tmp_path, cache_dir=corpus_cache)
+    trainer.run(progress=False)
+    assert trainer.rollbacks == strict.total_updates // 5
+    assert trainer.consecutive_skips == strict.total_updates % 5
+    assert trainer.optimizer.param_groups[0]["lr"] > strict.final_learning_rate * strict.rollback_factor ** (
+        trainer.rollbacks + 1
+    )
+
+
+def test_temperatures_stay_above_their_floors(tmp_path, tiny_config, corpus_cache):
+    from dataclasses import replace
+
+    floored = replace(tiny_config, tau1_floor=0.5, tau2_floor=2.0)  # above both initial values (0.1)
+    trainer = Trainer(floored, tmp_path, cache_dir=corpus_cache)
+    trainer.run(progress=False)
+    gating = trainer.model.gating_network
+    assert abs(gating.softmax_temp1.item()) >= 0.5
+    assert abs(gating.softmax_temp2.item()) >= 2.0
+    with (tmp_path / LOG_NAME).open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert all(float(row["tau1"]) >= 0.5 and float(row["tau2"]) >= 2.0 for row in rows)
+
+
+def test_floors_and_skips_default_to_the_v03_recipe():
+    config = TrainingConfig()
+    assert (config.max_consecutive_skips, config.tau1_floor, config.tau2_floor) == (1, 0.0, 0.0)
