@@ -110,8 +110,6 @@ class DynaMixPipeline:
         self.model = model
         self.options = options or ForecastOptions()
         self.backend = check_backend(backend)
-        # What "auto" chose per series in the latest forecast (selection.Selection.record() reads it).
-        self.selections: list[Selection] = []
 
     @classmethod
     def from_pretrained(
@@ -153,60 +151,67 @@ class DynaMixPipeline:
                     f"Pass a longer history{alternative}."
                 )
 
-    def choose_settings(self, context) -> list[dict]:
+    def choose_settings(self, context) -> list[Selection]:
         """What "auto" picks for each series of ``context``, without forecasting (any horizon gets the same).
 
-        One ``Selection.record()`` per series (preprocessing, nonstationary, validation windows
-        and MASE); with explicit options, those options. Also kept in ``self.selections``.
+        One :class:`~dynamix_adapters.selection.Selection` per series (``record()`` gives
+        preprocessing, nonstationary, validation windows and MASE as plain data); with explicit
+        options, those options. Pass the list as ``settings`` to the forecast methods on the
+        same context to forecast with these choices without validating again.
         """
         series = [self.options.trim(s) for s in SeriesInput.of(context).series]
-        entropy = seed_entropy(self.options.random_state)
-        self.selections = select(self, series, entropy, False)
-        return [choice.record() for choice in self.selections]
+        return select(self, series, seed_entropy(self.options.random_state), False)
 
-    def sample_paths(self, context, horizon: int, n_samples: int | None = None, *, names=None, initial_x=None):
+    def sample_paths(
+        self, context, horizon: int, n_samples: int | None = None, *, names=None, initial_x=None, settings=None
+    ):
         """Sample paths (n_samples, H, [S,] D) in data scale; ``n_samples`` defaults to the options'.
 
         ``names`` label the series in errors (default "series 0", ...). ``initial_x`` starts
         the rollout there instead of at the last context frame: (k,) or (S, k), k <= D, in
-        data scale; missing model dims come from the context frame nearest to it.
+        data scale; missing model dims come from the context frame nearest to it. ``settings``
+        is what :meth:`choose_settings` returned for this context (default: choose now).
         """
         inputs = SeriesInput.of(context)
         n_paths = positive_int(self.options.n_samples if n_samples is None else n_samples, "n_samples")
-        paths = self._forecast(inputs.series, horizon, n_paths, names, initial_x)
+        paths = self._forecast(inputs.series, horizon, n_paths, names, initial_x, settings)
         return inputs.output(paths)
 
-    def predict(self, context, horizon: int, *, names=None) -> np.ndarray:
+    def predict(self, context, horizon: int, *, names=None, settings=None) -> np.ndarray:
         """Point forecast (H, [S,] D), as ``options.point_forecast`` says."""
         inputs = SeriesInput.of(context)
         if self.options.point_forecast == "path":
-            return inputs.output(self._forecast(inputs.series, horizon, 1, names, None)[0])
-        samples = self._samples(inputs.series, horizon, names)
+            return inputs.output(self._forecast(inputs.series, horizon, 1, names, None, settings)[0])
+        samples = self._samples(inputs.series, horizon, names, settings)
         point = np.median(samples, axis=0) if self.options.point_forecast == "median" else samples.mean(axis=0)
         return inputs.output(point)
 
-    def predict_quantiles(self, context, horizon: int, quantile_levels=DEFAULT_QUANTILES, *, names=None):
+    def predict_quantiles(self, context, horizon: int, quantile_levels=DEFAULT_QUANTILES, *, names=None, settings=None):
         """Quantiles (Q, H, [S,] D) and mean (H, [S,] D) over ``options.n_samples`` sample paths."""
         inputs = SeriesInput.of(context)
-        samples = self._samples(inputs.series, horizon, names)
+        samples = self._samples(inputs.series, horizon, names, settings)
         quantiles = np.quantile(samples, list(quantile_levels), axis=0)
         return inputs.output(quantiles), inputs.output(samples.mean(axis=0))
 
-    def predict_samples(self, context, horizon: int, *, names=None) -> np.ndarray:
+    def predict_samples(self, context, horizon: int, *, names=None, settings=None) -> np.ndarray:
         """The ``options.n_samples`` sample paths behind quantiles, variances and median/mean point forecasts.
 
         With ``point_forecast="path"`` path 0 of the same draw is the point forecast, so these
         are paths 1..n_samples: the point forecast is never one of its own samples.
         """
         inputs = SeriesInput.of(context)
-        return inputs.output(self._samples(inputs.series, horizon, names))
+        return inputs.output(self._samples(inputs.series, horizon, names, settings))
 
-    def _samples(self, series: list[np.ndarray], horizon: int, names) -> np.ndarray:
+    def _samples(self, series: list[np.ndarray], horizon: int, names, settings) -> np.ndarray:
         extra = 1 if self.options.point_forecast == "path" else 0
-        return self._forecast(series, horizon, self.options.n_samples + extra, names, None)[extra:]
+        return self._forecast(series, horizon, self.options.n_samples + extra, names, None, settings)[extra:]
 
-    def _forecast(self, series: list[np.ndarray], horizon: int, n_paths: int, names, initial_x) -> np.ndarray:
-        """encode -> rollout -> decode: (n_paths, H, S, D) in data scale."""
+    def _forecast(self, series: list[np.ndarray], horizon: int, n_paths: int, names, initial_x, settings) -> np.ndarray:
+        """select -> encode -> rollout -> decode -> calibrate: (n_paths, H, S, D) in data scale.
+
+        Everything the call computes stays in locals (the pipeline keeps no per-call state), so
+        threads may share one pipeline.
+        """
         horizon = positive_int(horizon, "horizon")
         series = [self.options.trim(s) for s in series]
         self._check_shortest(series)
@@ -215,12 +220,15 @@ class DynaMixPipeline:
             initial_x, len(series), series[0].shape[1], self.model.arch.N, self.options.nonstationary is True
         )
         entropy = seed_entropy(self.options.random_state)
-        self.selections = select(self, series, entropy, starts is not None)
+        if settings is None:
+            choices = select(self, series, entropy, starts is not None)
+        else:
+            choices = checked_settings(settings, series, starts is not None)
         encodings = [
             SeriesEncoding.fit(
                 x, choice.options(self.options), self.model.arch.N, entropy, None if starts is None else starts[s]
             )
-            for s, (x, choice) in enumerate(zip(series, self.selections, strict=True))
+            for s, (x, choice) in enumerate(zip(series, choices, strict=True))
         ]
         batch = self._batch(encodings, labels, n_paths, entropy)
         observed = rollout(self.model, batch, horizon, self.backend)  # (H, P*U, N)
@@ -233,12 +241,13 @@ class DynaMixPipeline:
             first_unit += units
         paths = np.stack(out, axis=2)  # (P, H, S, D)
         paths[:, :, diverged] = np.nan
-        self._check_overflow(paths, labels, diverged)
-        return self._calibrate(paths, series, entropy) if n_paths > 1 else paths
+        self._check_overflow(paths, labels, diverged, any(choice.nonstationary for choice in choices))
+        return self._calibrate(paths, series, choices, entropy) if n_paths > 1 else paths
 
-    def _calibrate(self, paths: np.ndarray, series: list[np.ndarray], entropy: int) -> np.ndarray:
+    @staticmethod
+    def _calibrate(paths: np.ndarray, series: list[np.ndarray], choices: list[Selection], entropy: int) -> np.ndarray:
         """paths (P, H, S, D): each validated series' paths spread to its validation error (calibration.py)."""
-        for s, (x, choice) in enumerate(zip(series, self.selections, strict=True)):
+        for s, (x, choice) in enumerate(zip(series, choices, strict=True)):
             if choice.spread is not None:
                 # Keyed by the series' values like its paths' streams, so batching never changes the draws.
                 rng = np.random.default_rng([entropy, content_key(x), 0, 1])
@@ -258,9 +267,8 @@ class DynaMixPipeline:
             return sorted(set(series_of_unit[batch.unit[bad]].tolist()))
         return []
 
-    def _check_overflow(self, paths: np.ndarray, labels: list[str], diverged: list[int]) -> None:
+    def _check_overflow(self, paths: np.ndarray, labels: list[str], diverged: list[int], nonstationary: bool) -> None:
         """Finite model output can still overflow on the way back to data scale: raise, or NaN and warn."""
-        nonstationary = any(choice.nonstationary for choice in self.selections)
         kept = np.setdiff1d(np.arange(paths.shape[2]), diverged)
         try:
             raise_if_overflowed(paths[:, :, kept], [labels[s] for s in kept], nonstationary)
@@ -360,6 +368,25 @@ def initial_points(initial_x, n_series: int, dims: int, model_dims: int, nonstat
         allowed = f"exactly {dims}" if split else f"1 to {dims}"
         raise ValueError(f"initial_x has {k} dims, but the context has {dims}; give {allowed} dims.")
     return points
+
+
+def checked_settings(settings, series: list[np.ndarray], stationary_only: bool) -> list[Selection]:
+    """``settings`` from ``choose_settings`` if they belong to ``series``, else a ValueError naming the mismatch."""
+    choices = list(settings)
+    if len(choices) != len(series) or not all(isinstance(choice, Selection) for choice in choices):
+        raise ValueError(
+            f"settings must be the list of {len(series)} Selections that choose_settings returned for this context; "
+            "call pipeline.choose_settings(context) and pass its result."
+        )
+    for s, (x, choice) in enumerate(zip(series, choices, strict=True)):
+        if choice.key is not None and choice.key != content_key(x):
+            raise ValueError(
+                f"settings[{s}] was chosen for another series than series {s} of this context (after context_length); "
+                "call choose_settings on this context."
+            )
+        if stationary_only and choice.nonstationary:
+            raise ValueError("initial_x cannot be combined with settings that chose nonstationary=True.")
+    return choices
 
 
 def raise_if_overflowed(paths: np.ndarray, labels: list[str], nonstationary: bool) -> None:

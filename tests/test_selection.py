@@ -52,13 +52,13 @@ def test_explicit_settings_forecast_bit_for_bit_as_before(tiny_model, monkeypatc
     pipeline = DynaMixPipeline(tiny_model, options)
     np.testing.assert_array_equal(pipeline.sample_paths(x, 7), _pre_auto_forecast(tiny_model, options, x, 7, 5))
     np.testing.assert_array_equal(pipeline.predict_samples(x, 7), _pre_auto_forecast(tiny_model, options, x, 7, 6)[1:])
-    assert pipeline.selections[0].spread is None
+    assert pipeline.choose_settings(x)[0].spread is None
 
 
 def test_sine_gets_a_stationary_embedding_that_unfolds_the_cycle(official_model):
     x = np.sin(2 * np.pi * np.arange(300) / 25)[:, None]
     pipeline = DynaMixPipeline(official_model, ForecastOptions(random_state=0))
-    (chosen,) = pipeline.choose_settings(x)
+    chosen = pipeline.choose_settings(x)[0].record()
     # Zero padding leaves a 1-D state, which cannot oscillate: every real embedding beats it.
     assert chosen["preprocessing"] in ("pos_embedding", "delay_embedding", "delay_embedding_random")
     assert chosen["nonstationary"] is False
@@ -69,18 +69,20 @@ def test_trending_seasonal_series_gets_the_nonstationary_transform(official_mode
     t = np.arange(300.0)
     x = (10 + 0.05 * t + np.sin(2 * np.pi * t / 12))[:, None]
     pipeline = DynaMixPipeline(official_model, ForecastOptions(random_state=0))
-    (chosen,) = pipeline.choose_settings(x)
+    (choice,) = pipeline.choose_settings(x)
+    chosen = choice.record()
     assert chosen["nonstationary"] is True
     assert chosen["preprocessing"] != "zero_embedding"
-    errors = pipeline.selections[0].errors
+    errors = choice.errors
     assert chosen["validation_mase"] < 0.5 * errors["delay_embedding"]  # the stationary reference misses the trend
 
 
 def test_chaotic_3d_series_needs_no_embedding_and_stays_stationary(official_model):
     pipeline = DynaMixPipeline(official_model, ForecastOptions(random_state=0))
-    (chosen,) = pipeline.choose_settings(lorenz63_trajectory(1000))
+    (choice,) = pipeline.choose_settings(lorenz63_trajectory(1000))
+    chosen = choice.record()
     assert chosen["preprocessing"] == "none" and chosen["nonstationary"] is False
-    assert set(pipeline.selections[0].errors) == {"delay_embedding", "delay_embedding + nonstationary"}
+    assert set(choice.errors) == {"delay_embedding", "delay_embedding + nonstationary"}
 
 
 def test_calibrated_intervals_reach_nominal_coverage_on_known_noise(official_model):
@@ -104,7 +106,7 @@ def test_short_context_falls_back_to_defaults_uncalibrated(tiny_model):
     pipeline = DynaMixPipeline(tiny_model, ForecastOptions(random_state=0, n_samples=4))
     x = np.sin(np.arange(12.0))[:, None]
     paths = pipeline.sample_paths(x, 5)
-    choice = pipeline.selections[0]
+    (choice,) = pipeline.choose_settings(x)
     assert (choice.preprocessing, choice.nonstationary, choice.windows, choice.spread) == (
         "pos_embedding",
         False,
@@ -124,10 +126,9 @@ def test_a_diverging_candidate_is_disqualified(tiny_model, monkeypatch):
 
     monkeypatch.setattr(selection, "diverged_steps", first_candidate_diverges)
     pipeline = DynaMixPipeline(tiny_model, ForecastOptions(random_state=0))
-    pipeline.choose_settings(np.sin(np.arange(100.0) / 3)[:, None])
-    errors = pipeline.selections[0].errors
+    (chosen,) = pipeline.choose_settings(np.sin(np.arange(100.0) / 3)[:, None])
+    errors = chosen.errors
     assert errors["delay_embedding"] == np.inf and np.isfinite(errors["pos_embedding"])
-    chosen = pipeline.selections[0]
     assert (chosen.preprocessing, chosen.nonstationary) != ("delay_embedding", False)
 
 
