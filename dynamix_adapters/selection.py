@@ -77,18 +77,43 @@ class Selection:
     errors: dict[str, float] = field(default_factory=dict)
     spread: Spread | None = None
     key: int | None = None  # content key of the context it was chosen on; None for explicit options
+    dims: tuple[Selection, ...] = ()  # a series forecast dim by dim: each dim's own Selection
+
+    @classmethod
+    def per_dim(cls, dims: list[Selection]) -> Selection:
+        """A series with more dims than the model, each dim forecast (and chosen for) as its own series."""
+        preprocessing, nonstationary = _common([d.preprocessing for d in dims]), any(d.nonstationary for d in dims)
+        return cls(preprocessing, nonstationary, _common([d.embedding for d in dims]), dims=tuple(dims))
 
     def options(self, base: ForecastOptions) -> ForecastOptions:
         return base.replace(preprocessing=self.preprocessing, nonstationary=self.nonstationary)
 
     def record(self) -> dict:
-        """The choice as plain data, for logs, tables and ``get_fitted_params``."""
+        """The choice as plain data, for logs, tables and ``get_fitted_params``.
+
+        A series forecast dim by dim says "per dim" where its dims chose differently, and
+        lists each dim's record under ``"dims"``.
+        """
+        if self.dims:
+            records = [d.record() for d in self.dims]
+            return {
+                "preprocessing": _common([r["preprocessing"] for r in records]),
+                "nonstationary": _common([r["nonstationary"] for r in records]),
+                "validation_windows": min(r["validation_windows"] for r in records),
+                "validation_mase": float(np.mean([r["validation_mase"] for r in records])),
+                "dims": records,
+            }
         return {
             "preprocessing": self.embedding,
             "nonstationary": self.nonstationary,
             "validation_windows": self.windows,
             "validation_mase": self.errors.get(_label(self.preprocessing, self.nonstationary), np.nan),
         }
+
+
+def _common(values: list):
+    """The value all entries share, else "per dim"."""
+    return values[0] if all(v == values[0] for v in values) else "per dim"
 
 
 def candidates(options: ForecastOptions, dims: int, model_dims: int, stationary_only: bool) -> list[tuple[str, bool]]:
