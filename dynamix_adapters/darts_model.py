@@ -256,16 +256,17 @@ class DynaMixModel(LocalForecastingModel):
         for members in by_width.values():
             batch = [contexts[i] for i in members]
             labels = [names[i] for i in members]
+            chosen = pipeline.choose_settings(batch)
             if num_samples == 1:
-                point = pipeline.predict(batch, n, names=labels)  # (H, S, D)
+                point = pipeline.predict(batch, n, names=labels, settings=chosen)  # (H, S, D)
                 for k, i in enumerate(members):
                     values[i] = point[:, k, :]
             else:
-                paths = pipeline.sample_paths(batch, n, num_samples, names=labels)  # (P, H, S, D)
+                paths = pipeline.sample_paths(batch, n, num_samples, names=labels, settings=chosen)  # (P, H, S, D)
                 for k, i in enumerate(members):
                     values[i] = paths[:, :, k, :].transpose(1, 2, 0)
             for k, i in enumerate(members):
-                selections[i] = pipeline.selections[k].record()
+                selections[i] = chosen[k].record()
         # What "auto" chose for each series of the latest predict (selection.py): preprocessing, nonstationary.
         self.selections_ = selections
         return [self._build_forecast_series(v, input_series=s) for v, s in zip(values, inputs, strict=True)]

@@ -125,7 +125,7 @@ class DynaMixForecaster(BaseForecaster):
         self.model_name_ = str(self.model or DEFAULT_MODEL)
         self.n_parameters_ = net.parameter_count()
         # What "auto" chose per series (selection.py); predict chooses the same for any horizon.
-        self.selection_ = self._pipeline.choose_settings(self._contexts())
+        self.selection_ = [choice.record() for choice in self._pipeline.choose_settings(self._contexts())]
         self.preprocessing_, self.nonstationary_ = _per_series(self.selection_, self._instances is None)
         chosen = {record["preprocessing"] for record in self.selection_}
         self.embedding_ = _embedding_used(chosen.pop() if len(chosen) == 1 else "per series", y.shape[1], net.arch.N)

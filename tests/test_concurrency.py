@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import sys
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -38,15 +37,6 @@ WARMUP_CYCLES = 100
 # Between cycle 100 and 1,000 a run here grows by under 1 MiB; a leaked model or context per
 # cycle (tens of KiB or more each) would add tens of MiB.
 RSS_NOISE_BYTES = 8 * 2**20
-
-
-@pytest.fixture
-def interleaved_threads():
-    """Switch threads every microsecond instead of every 5 ms, for the duration of a test."""
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(previous)
 
 
 def in_threads(calls: list) -> list:
