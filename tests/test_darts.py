@@ -252,6 +252,15 @@ def test_unseeded_models_draw_from_numpys_global_generator_at_construction(air, 
     )
 
 
+@pytest.mark.filterwarnings("error")
+def test_readme_quickstart_emits_no_warning():
+    series = TimeSeries.from_values(np.sin(np.arange(800) / 10.0))
+    model = DynaMixModel(random_state=0).fit(series)
+    forecast = model.predict(200)
+    backtest = model.historical_forecasts(series, start=0.7, forecast_horizon=50, retrain=False)
+    assert len(forecast) == 200 and backtest.end_time() == series.end_time()
+
+
 def test_one_pipeline_per_fitted_model_dropped_on_pickling(air, official):
     model = official(context_length=60).fit(air)
     pipeline = model._pipeline
