@@ -11,7 +11,6 @@ import gc
 import os
 import shutil
 import threading
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -27,8 +26,6 @@ pytest.importorskip("darts")
 from darts import TimeSeries
 
 from dynamix_adapters import DynaMixForecaster, DynaMixModel
-
-pytestmark = pytest.mark.filterwarnings("ignore:The default of config ``remember_data``:FutureWarning")
 
 THREADS = 8
 ROUNDS = 6
@@ -171,9 +168,7 @@ def rss_growth(cycle) -> int:
 def test_a_thousand_sktime_fit_predict_cycles_do_not_grow_memory():
     y = pd.Series(np.sin(0.3 * np.arange(40)))
     path = str(tiny_test_checkpoint())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        growth = rss_growth(lambda i: DynaMixForecaster(model=path, random_state=i).fit(y).predict(fh=[1, 2, 3, 4, 5]))
+    growth = rss_growth(lambda i: DynaMixForecaster(model=path, random_state=i).fit(y).predict(fh=[1, 2, 3, 4, 5]))
     assert growth < RSS_NOISE_BYTES, f"RSS grew by {growth / 2**20:.1f} MiB over {CYCLES - WARMUP_CYCLES} cycles"
 
 
