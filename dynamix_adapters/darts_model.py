@@ -34,11 +34,11 @@ class DynaMixModel(LocalForecastingModel):
 
     ``historical_forecasts`` and ``backtest`` accept ``retrain=False``, the fast path:
     fit once (on any series), and every window is forecast from the history before it
-    by that one model, instead of a fresh model built and fitted per window. Its point
-    forecasts are those of ``retrain=True``. With
-    ``retrain=True`` and ``train_length``, each window's forecast conditions on the
-    ``train_length`` points the model was refitted on: after ``fit(window)``,
-    ``predict(series=history)`` forecasts from the window when ``history`` ends with it.
+    by that one model, instead of a fresh model built and fitted per window; its point
+    forecasts are those of ``retrain=True``. With ``retrain=True`` and ``train_length``,
+    each window's forecast conditions on the ``train_length`` points the model was
+    refitted on: after ``fit(window)``, ``predict(series=history)`` forecasts from the
+    window when ``history`` ends with it.
 
     The torch model is loaded lazily at fit through a per-process cache, once per fitted
     model, and is never pickled: ``save``/``load`` store only the parameters, the training

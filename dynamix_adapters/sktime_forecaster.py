@@ -46,6 +46,9 @@ class DynaMixForecaster(BaseForecaster):
     ``predict_proba`` is skpro's ``Empirical`` over the same sample paths as
     ``predict_quantiles``, ``predict_interval`` and ``predict_var``.
 
+    The forecaster keeps its own copy of the history, which ``update`` extends, so it sets
+    sktime's ``remember_data`` config to False (and sktime 1.2 does not warn about it).
+
     Examples
     --------
     >>> from sktime.datasets import load_airline
@@ -66,7 +69,7 @@ class DynaMixForecaster(BaseForecaster):
     """
 
     # sktime 1.2 warns at every construction that remember_data's default flips in 1.3. The forecaster
-    # keeps its own copy of the context (updated in _update), so the base's copy in _y is not needed.
+    # keeps its own copy of the context (extended in _update), so the base's copy in _y is not needed.
     _config: ClassVar[dict] = {"remember_data": False}
 
     _tags: ClassVar[dict] = {
@@ -111,6 +114,8 @@ class DynaMixForecaster(BaseForecaster):
         self.on_divergence = on_divergence
         self.device = device
         super().__init__()
+        # sktime's base data pool, unused here; it exists (empty) for a user who sets remember_data=True after all.
+        self._y = self._X = None
 
     # sktime's predict methods write fh to the instance (self._fh) and read it back, so two threads
     # predicting different horizons could swap them; checking fh under one lock keeps each its own.

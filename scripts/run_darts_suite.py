@@ -9,9 +9,10 @@ pytest only the tests that DynaMixModel takes part in::
     python scripts/run_darts_suite.py --darts-src mirror.git --rev 0.46.1  # a git directory
     python scripts/run_darts_suite.py --darts-src ~/src/darts -- -x -k save_load
 
-Only the model lists change; every assertion runs as darts wrote it. Lists that test
-covariates, or a specific baseline's exact numbers, are left alone (DynaMix forecasts from
-the target alone). darts' datasets are copied from the source tree's ``datasets/`` folder,
+Only the model lists change (in the backtesting and residual suites, which have none, the
+model the tests build as ``model = NaiveDrift()``); every assertion runs as darts wrote it.
+Lists that test covariates, or a specific baseline's exact numbers, are left alone (DynaMix
+forecasts from the target alone). darts' datasets are copied from the source tree's ``datasets/`` folder,
 so nothing is downloaded. Each injection names the text it anchors on: when darts edits a
 test file so that an anchor is gone, the script stops and names it.
 """
@@ -28,6 +29,8 @@ from pathlib import Path
 
 # The one configuration darts' tests see: seeded, and on the bundled weights unless --model says otherwise.
 DYNAMIX = "DynaMixModel(**DYNAMIX_KWARGS)"
+
+SWAP_NAIVE_DRIFT = ("\n        model = NaiveDrift()\n", f"\n        model = {DYNAMIX}\n")
 
 SUITES = {
     "models/forecasting/test_local_forecasting_models.py": [
@@ -61,8 +64,9 @@ SUITES = {
             f"naive_ensemble = NaiveEnsembleModel([NaiveSeasonal(), Theta(), {DYNAMIX}])",
         ),
         (
-            "[LinearRegressionModel(lags=[-1]), NaiveSeasonal(K=1)], **kwargs",
-            f"[LinearRegressionModel(lags=[-1]), NaiveSeasonal(K=1), {DYNAMIX}], **kwargs",
+            # The save/load test's list (without torch); test_sample_weight_mixed_models' own stays as it is.
+            "\n                [LinearRegressionModel(lags=[-1]), NaiveSeasonal(K=1)], **kwargs",
+            f"\n                [LinearRegressionModel(lags=[-1]), NaiveSeasonal(K=1), {DYNAMIX}], **kwargs",
         ),
         (
             # Last: the test expects the RNN's checkpoint files under its position in the list (RNNModel_2).
@@ -70,8 +74,10 @@ SUITES = {
             f"                    RNNModel(10, n_epochs=1, **tfm_kwargs),\n                    {DYNAMIX},\n",
         ),
     ],
-    "models/forecasting/test_backtesting.py": [],
-    "models/forecasting/test_residuals.py": [],
+    # No model lists here: the tests that build their model as `model = NaiveDrift()` (most score given
+    # forecasts, or check shapes and errors) run with DynaMixModel in its place instead.
+    "models/forecasting/test_backtesting.py": [SWAP_NAIVE_DRIFT],
+    "models/forecasting/test_residuals.py": [SWAP_NAIVE_DRIFT],
     "utils/historical_forecasts/test_historical_forecasts.py": [
         (
             "\nmodels = [LinearRegressionModel, NaiveDrift]\n",

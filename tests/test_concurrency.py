@@ -119,17 +119,19 @@ def test_eight_threads_predicting_on_one_darts_model_give_the_serial_results(int
         for expected, got in zip(serial, in_threads([lambda call=call: values(call()) for call in calls]), strict=True):
             for a, b in zip(expected, got, strict=True):
                 np.testing.assert_array_equal(a, b)
-    # darts' stream: eight concurrent unpinned calls take the next eight seeds, none twice, none lost.
-    model.fit(series)
-    expected_seeds = {model._next_seed() for _ in range(8)}
-    model.fit(series)
-    forecasts = in_threads([lambda: model.predict(4).values() for _ in range(8)])
-    assert model._predict_calls == 8
-    reference = model.fit(series)
+    # darts' stream: eight concurrent unpinned sampling calls take the next eight seeds, none twice, none lost.
+    # The pinned calls above left it untouched, so a twin built alike names those seeds.
+    twin = DynaMixModel(model=str(tiny_test_checkpoint()), random_state=5)
+    expected_seeds = {twin._next_sampling_seed() for _ in range(8)}
+    forecasts = in_threads([lambda: model.predict(4, num_samples=2).all_values() for _ in range(8)])
+    assert model._sampling_calls == 8
     assert len({f.tobytes() for f in forecasts}) == len(expected_seeds) == 8
     assert {f.tobytes() for f in forecasts} == {
-        reference.predict(4, random_state=s).values().tobytes() for s in expected_seeds
+        model.predict(4, num_samples=2, random_state=s).all_values().tobytes() for s in expected_seeds
     }
+    # Unpinned point forecasts draw nothing from the stream: every thread gets the same one.
+    points = in_threads([lambda: model.predict(4).values() for _ in range(8)])
+    assert len({f.tobytes() for f in points}) == 1 and model._sampling_calls == 8
 
 
 def test_the_weight_cache_builds_one_model_for_many_threads(tmp_path, interleaved_threads):

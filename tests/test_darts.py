@@ -252,6 +252,7 @@ def test_unseeded_models_draw_from_numpys_global_generator_at_construction(air, 
     )
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("error")
 def test_readme_quickstart_emits_no_warning():
     series = TimeSeries.from_values(np.sin(np.arange(800) / 10.0))

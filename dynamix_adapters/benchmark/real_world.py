@@ -277,8 +277,8 @@ def darts_backtest(dataset: Dataset, y: pd.Series, windows: int, parameters: dic
         forecast_horizon=dataset.horizon,
         stride=cv.step_length,
         retrain=False,
-        # darts advances a seeded model's stream with every window; pinning each window's seed makes
-        # every window match sktime's evaluate, where predict has no side effects.
+        # Point forecasts draw nothing from darts' stream, so every window is forecast with this seed, as
+        # in sktime's evaluate; pinning it also covers parameters without a seed (darts would use 0).
         random_state=parameters.get("random_state"),
         metric=[mase, smape],
         metric_kwargs=[{"m": dataset.season}, {}],
