@@ -201,8 +201,9 @@ class DynaMixPipeline:
     def predict_samples(self, context, horizon: int, *, names=None, settings=None) -> np.ndarray:
         """The ``options.n_samples`` sample paths behind quantiles, variances and median/mean point forecasts.
 
-        With ``point_forecast="path"`` path 0 of the same draw is the point forecast, so these
-        are paths 1..n_samples: the point forecast is never one of its own samples.
+        With ``point_forecast="path"`` these are paths 1..n_samples of a draw whose path 0 has
+        the point forecast's gating noise: the point forecast is never one of its own samples
+        (for a calibrated series it also starts unperturbed, at the last observation).
         """
         inputs = SeriesInput.of(context)
         return inputs.output(self._samples(inputs.series, horizon, names, settings))

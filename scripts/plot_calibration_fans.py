@@ -45,9 +45,10 @@ def fan(pipeline: DynaMixPipeline, context: np.ndarray, truth: np.ndarray, dim: 
         ax.plot(np.arange(horizon), samples[p], color="tab:blue", lw=0.6, alpha=0.8, label="paths" if p == 0 else None)
     spread = choice.dims[dim].spread if choice.dims else choice.spread
     if spread is not None:
-        for steps, label in ((MATCHED_SPANS, "matched to validation"), (MATCHED_SPANS + FADE_SPANS, "model's own")):
+        top = ax.get_ylim()[1]
+        for steps, label in ((MATCHED_SPANS, "matched until here"), (MATCHED_SPANS + FADE_SPANS, "own from here")):
             ax.axvline(steps * spread.horizon - 1, color="gray", ls=":", lw=1)
-            ax.annotate(label, (steps * spread.horizon - 1, ax.get_ylim()[1]), fontsize="small", va="top", ha="right")
+            ax.text(steps * spread.horizon - 1, top, label, fontsize="small", va="top", ha="right", rotation=90)
     ax.legend(loc="lower left", fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")

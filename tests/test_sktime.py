@@ -169,8 +169,11 @@ def test_intervals_widen_with_the_horizon_on_a_chaotic_series(official, lorenz):
     first, late = width.iloc[0], width.iloc[-10:].mean()
     # Calibrated (the default): the first step's width is the measured one-step error, not ~0.
     assert (late > 1.5 * first).all(), (first, late)
-    trend = [np.corrcoef(np.arange(len(width)), width[column])[0, 1] for column in width.columns]
-    assert min(trend) > 0.3, trend
+    # On the validated horizon (16 steps here, matched for 32) the width follows the growing validation
+    # error; past it, the ensemble's own spread, which breathes with the flow (calibration.py).
+    matched = width.iloc[:32]
+    trend = [np.corrcoef(np.arange(len(matched)), matched[column])[0, 1] for column in width.columns]
+    assert min(trend) > 0.5, trend
 
 
 def test_quantiles_variance_and_median_come_from_the_same_sample_paths(official, lorenz):
