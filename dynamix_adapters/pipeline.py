@@ -6,7 +6,7 @@ One forecast call flows one way::
       -> input transform   series list, checked and trimmed to ``context_length``
       -> select            "auto" options: each series' setting by in-context validation (selection.py)
       -> encode            one SeriesEncoding per series (trend, scaler, embedding or split)
-      -> RolloutBatch      left-padded contexts, starts, per-trajectory noise streams
+      -> RolloutBatch      left-padded contexts, starts, per-trajectory noise stream keys
       -> rollout           (H, B, N) in model space, on the numba or torch backend
       -> decode            each SeriesEncoding inverts its own transforms
       -> calibrate         validated series: sample paths spread to the validation error (calibration.py)
@@ -28,19 +28,21 @@ import numpy as np
 import torch
 
 from .encoding import SeriesEncoding
-from .engine import (
+from .model import DynaMix
+from .options import AUTO, ForecastOptions
+from .preprocessing import EMBEDDINGS, min_context_length
+from .rollout import (
     DivergenceError,
     DivergenceWarning,
     RolloutBatch,
     check_backend,
     check_divergence,
+    content_key,
     diverged_steps,
     rollout,
+    seed_entropy,
+    stream_keys,
 )
-from .model import DynaMix
-from .noise import content_key, seed_entropy
-from .options import AUTO, ForecastOptions
-from .preprocessing import EMBEDDINGS, min_context_length
 from .selection import Selection, select
 from .weights import load_model
 
@@ -91,7 +93,7 @@ class DynaMixPipeline:
     options : ForecastOptions, optional
         Forecasting options; defaults to ``ForecastOptions()``.
     backend : str
-        Rollout implementation: "auto" or a name from ``engine.BACKENDS``.
+        Rollout implementation: "auto" or a name from ``rollout.BACKENDS``.
 
     Examples
     --------
@@ -293,13 +295,12 @@ class DynaMixPipeline:
                 context[u, length - len(unit.frames) :] = unit.frames
             starts = np.stack([unit.start for unit in units]).astype(np.float32)
         self._raise_if_unrepresentable(context, starts, unit_labels)
-        streams = [np.random.default_rng([entropy, unit.key, path + 1]) for path in range(n_paths) for unit in units]
         return RolloutBatch(
             context=context,
             valid_from=np.array([length - len(unit.frames) for unit in units]),
             x0=np.tile(starts, (n_paths, 1)),
             unit=np.tile(np.arange(len(units)), n_paths),
-            streams=streams,
+            streams=stream_keys(entropy, [unit.key for unit in units], n_paths),
             labels=tuple(unit_labels),
         )
 

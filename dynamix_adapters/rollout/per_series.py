@@ -18,11 +18,11 @@ numba's user cache directory when the package is read-only); with no writable
 location it is compiled once per process.
 
 >>> import numpy as np
->>> from dynamix_adapters.engine import RolloutBatch, rollout
 >>> from dynamix_adapters.model import Architecture, DynaMix
+>>> from dynamix_adapters.rollout import RolloutBatch, rollout, stream_keys
 >>> net = DynaMix(Architecture(M=8, N=3, J=2, P=1))
 >>> context = np.random.default_rng(0).standard_normal((1, 50, 3)).astype(np.float32)
->>> batch = RolloutBatch(context, np.array([0]), context[:, -1], np.array([0]), [np.random.default_rng(1)], ("x",))
+>>> batch = RolloutBatch(context, np.array([0]), context[:, -1], np.array([0]), stream_keys(1, [7], 1), ("x",))
 >>> rollout(net, batch, 20, backend="numba").shape
 (20, 1, 3)
 """
@@ -33,17 +33,14 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from functools import partial
-from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
 import torch
 
-from .model import DynaMix
-from .noise import noise_blocks
-
-if TYPE_CHECKING:
-    from .engine import RolloutBatch
+from ..model import DynaMix
+from .batch import RolloutBatch
+from .noise import NOISE_CHUNK_STEPS, standard_normals
 
 # Attention weights exp(x) with x < -87 (below 2**-125) are set to zero. The largest weight is 1,
 # so even T such weights sum to less than T * 2**-125, far below float32 resolution of the sum.
@@ -140,10 +137,10 @@ class PackedContext:
         return self.keys, self.encodings, self.offsets
 
 
-def rollout_compiled(model: DynaMix, batch: RolloutBatch, horizon: int, threads: int | None = None) -> np.ndarray:
-    """The compiled counterpart of ``engine._rollout_torch``: observed dims (H, B, N), float32.
+def rollout_per_series(model: DynaMix, batch: RolloutBatch, horizon: int, threads: int | None = None) -> np.ndarray:
+    """The compiled counterpart of ``torch_rollout.rollout_torch``: observed dims (H, B, N), float32.
 
-    Call it through ``engine.rollout(model, batch, horizon, backend="numba")``, which validates the batch.
+    Call it through ``dispatch.rollout(model, batch, horizon, backend="numba")``, which validates the batch.
 
     Trajectories are independent, so ``threads`` (default ``torch.get_num_threads()``)
     split them into contiguous groups; results do not depend on the split.
@@ -161,8 +158,10 @@ def rollout_compiled(model: DynaMix, batch: RolloutBatch, horizon: int, threads:
     return out
 
 
-def advance_in_groups(streams, horizon: int, dims: int, items: int, threads: int | None, advance) -> None:
+def advance_in_groups(streams: np.ndarray, horizon: int, dims: int, items: int, threads: int | None, advance) -> None:
     """Call ``advance(noise, out_start, first, stop)`` for every noise block (B, k, N) and group of items.
+
+    The noise of trajectory b comes from its stream key ``streams[b]`` (``noise.standard_normals``).
 
     The ``items`` (trajectories, or tiles of them) are independent, so they split into
     contiguous groups over ``threads`` threads (default ``torch.get_num_threads()``); the
@@ -170,11 +169,10 @@ def advance_in_groups(streams, horizon: int, dims: int, items: int, threads: int
     """
     groups = max(1, min(threads or torch.get_num_threads(), items))
     bounds = np.linspace(0, items, groups + 1).astype(np.int64)
-    start = 0
     with ThreadPoolExecutor(groups) as pool:
-        for noise in noise_blocks(streams, horizon, dims):
+        for start in range(0, horizon, NOISE_CHUNK_STEPS):
+            noise = standard_normals(streams, start, min(NOISE_CHUNK_STEPS, horizon - start), dims)  # (B, k, N)
             list(pool.map(partial(_advance_group, advance, noise, start, bounds), range(groups)))
-            start += noise.shape[1]
 
 
 def _advance_group(advance, noise, start, bounds, group) -> None:

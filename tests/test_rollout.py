@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from dynamix_adapters import forecast
-from dynamix_adapters.engine import DivergenceError, RolloutBatch, numba_import_error, rollout, select_backend
-from dynamix_adapters.fast_rollout import PackedContext, Weights, _advance, _compile, rollout_compiled
-from dynamix_adapters.noise import NOISE_CHUNK_STEPS, noise_blocks, noise_chunks
+from dynamix_adapters.rollout import DivergenceError, RolloutBatch, rollout, select_backend, stream_keys
+from dynamix_adapters.rollout.dispatch import BATCHED_MIN_PATHS, GPU_MIN_WORK, numba_import_error
+from dynamix_adapters.rollout.noise import standard_normals
+from dynamix_adapters.rollout.per_series import PackedContext, Weights, _advance, _compile, rollout_per_series
 
 from .conftest import make_tiny_model
 
@@ -19,7 +20,8 @@ STEPS = 100
 
 
 def streams(*seeds):
-    return [np.random.default_rng([seed, 11]) for seed in seeds]
+    """One noise stream key per seed (seeds stand in for the units' content keys)."""
+    return stream_keys(11, np.array(seeds, dtype=np.uint64), 1)
 
 
 def left_padded(series: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -52,17 +54,6 @@ def assert_matches_reference(fast, reference, rtol=1e-4):
     assert np.all(error <= rtol * scale), f"largest relative error {np.max(error / scale):.2e}"
 
 
-def test_noise_blocks_are_each_streams_own_draws():
-    horizon = NOISE_CHUNK_STEPS + 37
-    blocks = list(noise_blocks(streams(1, 2, 3), horizon, 3))
-    assert [b.shape for b in blocks] == [(3, NOISE_CHUNK_STEPS, 3), (3, 37, 3)]
-    drawn = np.concatenate(blocks, axis=1)
-    for b, stream in enumerate(streams(1, 2, 3)):
-        np.testing.assert_array_equal(drawn[b], stream.standard_normal((horizon, 3), dtype=np.float32))
-    step_major = np.concatenate(list(noise_chunks(streams(1, 2, 3), horizon, 3)))
-    np.testing.assert_array_equal(step_major, drawn.transpose(1, 0, 2))
-
-
 def published_contexts(shared_series) -> tuple[np.ndarray, np.ndarray]:
     lengths = {"lorenz63": 2000, "chua": 1028, "sprottM": 512}
     return left_padded([shared_series(name)[:length] for name, length in lengths.items()])
@@ -72,7 +63,7 @@ def test_one_step_matches_torch_from_the_same_states(official_model, shared_seri
     """The kernel's arithmetic, free of chaos: from each torch state, one step lands within float32 rounding."""
     context, valid_from = published_contexts(shared_series)
     unit, steps = np.array([0, 1, 2, 0]), 200
-    noise = next(noise_blocks(streams(*range(len(unit))), steps, 3))  # (B, steps, N)
+    noise = standard_normals(streams(*range(len(unit))), 0, steps, 3)  # (B, steps, N)
     with torch.no_grad():
         frames = torch.from_numpy(context)
         padding = torch.arange(context.shape[1] - 1)[None, :] < torch.from_numpy(valid_from)[:, None]
@@ -120,11 +111,11 @@ def test_a_trajectory_does_not_depend_on_batch_or_threads(official_model, shared
     context, valid_from = left_padded([shared_series("sprottM")[:512], shared_series("chua")[:300]])
     unit = np.array([1, 0, 1, 0, 1])
     batched = [
-        rollout_compiled(official_model, make_batch(context, valid_from, unit, range(5)), 300, threads=threads)
+        rollout_per_series(official_model, make_batch(context, valid_from, unit, range(5)), 300, threads=threads)
         for threads in (1, 2, 3)
     ]
     alone_batch = make_batch(context[1:], valid_from[1:], np.array([0]), [2], x0=context[[1], -1])
-    alone = rollout_compiled(official_model, alone_batch, 300)
+    alone = rollout_per_series(official_model, alone_batch, 300)
     for other in batched[1:]:
         np.testing.assert_array_equal(other, batched[0])
     np.testing.assert_array_equal(alone[:, 0], batched[0][:, 2])
@@ -134,7 +125,10 @@ def test_auto_picks_the_compiled_backend_on_cpu_and_torch_elsewhere(tiny_model, 
     assert numba_import_error() is None
     assert select_backend("auto", tiny_model) == "numba"
     assert select_backend("torch", tiny_model) == "torch"
-    assert select_backend("auto", make_tiny_model().to("meta")) == "torch"
+    elsewhere = make_tiny_model().to("meta")  # stands in for a GPU: only the device type matters here
+    assert select_backend("auto", elsewhere, work=GPU_MIN_WORK) == "torch"
+    assert select_backend("auto", elsewhere, work=GPU_MIN_WORK - 1) == "numba"  # small work: the CPU kernel
+    assert select_backend("auto", elsewhere, BATCHED_MIN_PATHS, GPU_MIN_WORK - 1) == "batched"
     x = shared_series("lorenz63")[:1000]
     default = forecast(official_model, x, STEPS, random_state=3)
     np.testing.assert_array_equal(default, forecast(official_model, x, STEPS, random_state=3, backend="numba"))
