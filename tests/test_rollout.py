@@ -10,9 +10,10 @@ import torch
 
 from dynamix_adapters import forecast
 from dynamix_adapters.rollout import DivergenceError, RolloutBatch, rollout, select_backend, stream_keys
-from dynamix_adapters.rollout.dispatch import BATCHED_MIN_PATHS, GPU_MIN_WORK, numba_import_error
-from dynamix_adapters.rollout.noise import standard_normals
+from dynamix_adapters.rollout.dispatch import BATCHED_MIN_TRAJECTORIES, GPU_MIN_WORK, numba_import_error
+from dynamix_adapters.rollout.noise import NOISE_CHUNK_STEPS, standard_normals
 from dynamix_adapters.rollout.per_series import PackedContext, Weights, _advance, _compile, rollout_per_series
+from dynamix_adapters.rollout.torch_rollout import GRAPH_STEPS
 
 from .conftest import make_tiny_model
 
@@ -128,12 +129,23 @@ def test_auto_picks_the_compiled_backend_on_cpu_and_torch_elsewhere(tiny_model, 
     elsewhere = make_tiny_model().to("meta")  # stands in for a GPU: only the device type matters here
     assert select_backend("auto", elsewhere, work=GPU_MIN_WORK) == "torch"
     assert select_backend("auto", elsewhere, work=GPU_MIN_WORK - 1) == "numba"  # small work: the CPU kernel
-    assert select_backend("auto", elsewhere, BATCHED_MIN_PATHS, GPU_MIN_WORK - 1) == "batched"
+    assert select_backend("auto", elsewhere, BATCHED_MIN_TRAJECTORIES, GPU_MIN_WORK - 1) == "batched"
+    assert select_backend("auto", tiny_model, BATCHED_MIN_TRAJECTORIES - 1) == "numba"
     x = shared_series("lorenz63")[:1000]
     default = forecast(official_model, x, STEPS, random_state=3)
     np.testing.assert_array_equal(default, forecast(official_model, x, STEPS, random_state=3, backend="numba"))
     reference = forecast(official_model, x, STEPS, random_state=3, backend="torch")
     assert_matches_reference(default, reference)
+
+
+def test_point_forecasts_of_many_series_run_on_the_batched_kernel(official_model, shared_series):
+    lorenz = shared_series("lorenz63")
+    panel = [lorenz[start : start + 300] for start in range(0, 50 * BATCHED_MIN_TRAJECTORIES, 50)]
+    default = forecast(official_model, panel, 30, random_state=4)  # (H, S, D), one path per series
+    np.testing.assert_array_equal(default, forecast(official_model, panel, 30, random_state=4, backend="batched"))
+    alone = forecast(official_model, panel[5], 30, random_state=4)  # the per-series kernel
+    scale = np.abs(alone).max()
+    np.testing.assert_allclose(default[:, 5], alone, atol=1e-3 * scale)  # the kernels agree to float32 rounding
 
 
 def test_auto_falls_back_to_torch_with_a_warning_when_numba_does_not_import(tiny_model, monkeypatch):
@@ -215,3 +227,31 @@ def test_compiles_without_a_writable_cache(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="cannot cache"):
         numba.njit(cache=True)(kernel.add_one)
     assert _compile(kernel.add_one)(41) == 42
+
+
+def test_torch_rollout_split_into_noise_blocks_matches_the_compiled_kernels():
+    """A horizon past one noise block: the torch rollout draws block 2 as the kernels do (counters, not state)."""
+    model = make_tiny_model(seed=2)
+    rng = np.random.default_rng(1)
+    context, valid_from = left_padded([rng.normal(size=(length, 3)).cumsum(0) for length in (80, 40)])
+    horizon = NOISE_CHUNK_STEPS + 30
+    fast, reference = both_backends(model, context, valid_from, np.array([0, 1, 0]), range(3), horizon)
+    assert_matches_reference(fast[-50:], reference[-50:])  # the tiny model contracts: no chaos amplifies rounding
+    batched = rollout(model, make_batch(context, valid_from, np.array([0, 1, 0]), range(3)), horizon, "batched")
+    assert_matches_reference(batched[-50:], reference[-50:])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; the torch path is tested on the CPU above")
+def test_on_cuda_the_rollout_stays_on_the_device_and_matches_the_cpu_kernel(official_path, shared_series):
+    from dynamix_adapters import load_model
+
+    model = load_model(official_path, "cuda")
+    context, valid_from = published_contexts(shared_series)
+    unit = np.array([1, 2, 1, 2])
+    horizon = 3 * GRAPH_STEPS + 5  # graph replays, then eager steps
+    on_device = rollout(model, make_batch(context, valid_from, unit, range(4)), horizon, backend="torch")
+    fast = rollout(model, make_batch(context, valid_from, unit, range(4)), horizon, backend="numba")
+    assert_matches_reference(fast[:50], on_device[:50])
+    # "auto" sends a small rollout of a cuda model to the CPU kernel, bit for bit
+    small = rollout(model, make_batch(context, valid_from, unit, range(4)), horizon)
+    np.testing.assert_array_equal(small, fast)

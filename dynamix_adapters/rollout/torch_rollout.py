@@ -66,12 +66,10 @@ class _DeviceRollout:
             out=torch.empty((horizon, len(batch.unit), model.arch.N), dtype=torch.float32, device=device),
         )
 
-    def advance(self, noise: torch.Tensor, step) -> None:
-        """One step driven by noise (B, N), its observed dims written to out[step] (step: int or 0-dim tensor)."""
-        n = self.model.arch.N
-        z = self.model.step(self.z, self.keys, self.encodings, noise, self.padding, experts=self.experts)
-        self.z.copy_(z)
-        self.out.index_copy_(0, torch.as_tensor(step, device=self.z.device).view(1), z[None, :, :n])
+    def advance(self, noise: torch.Tensor) -> torch.Tensor:
+        """One step driven by noise (B, N); returns the new observed dims (B, N), a view of ``z``."""
+        self.z.copy_(self.model.step(self.z, self.keys, self.encodings, noise, self.padding, experts=self.experts))
+        return self.z[:, : self.model.arch.N]
 
 
 @torch.no_grad()
@@ -86,7 +84,7 @@ def rollout_torch(model: DynaMix, batch: RolloutBatch, horizon: int) -> np.ndarr
         steps = min(NOISE_CHUNK_STEPS, horizon - start)
         noise = standard_normals_torch(state.words, start, steps, n)  # (k, B, N)
         for t in range(steps):
-            state.advance(noise[t], start + t)
+            state.out[start + t] = state.advance(noise[t])  # a device-to-device copy: no host value per step
     return state.out.cpu().numpy()
 
 
@@ -101,7 +99,8 @@ def _replay_graph(state: _DeviceRollout, horizon: int) -> int:
 
     def steps() -> None:
         for _ in range(GRAPH_STEPS):
-            state.advance(standard_normals_torch(state.words, step, 1, n)[0], step)
+            observed = state.advance(standard_normals_torch(state.words, step, 1, n)[0])
+            state.out.index_copy_(0, step.view(1), observed[None])
             step.add_(1)
 
     start = state.z.clone()
