@@ -135,9 +135,9 @@ def diverged_steps(observed: np.ndarray, batch: RolloutBatch) -> np.ndarray:
 
 def _divergence_limit(batch: RolloutBatch) -> np.ndarray:
     """(B,) the bound a trajectory's state must stay within, in the model's standardized space."""
-    radius = np.array(
-        [np.abs(frames[start:]).max() for frames, start in zip(batch.context, batch.valid_from, strict=True)]
-    )
+    context = np.asarray(batch.context)
+    valid = np.arange(context.shape[1])[None, :] >= np.asarray(batch.valid_from)[:, None]  # (U, T)
+    radius = np.where(valid[:, :, None], np.abs(context), 0).max(axis=(1, 2))  # (U,) over each unit's own frames
     return EXPLOSION_FACTOR * np.maximum(np.maximum(radius[batch.unit], np.abs(batch.x0).max(axis=1)), 1.0)
 
 

@@ -120,8 +120,10 @@ class PackedContext:
         bias = conv.bias.detach().cpu().numpy().astype(np.float32)
         frames = np.asarray(context, dtype=np.float32)
         last_key = frames.shape[1] - 1
-        keys = np.ascontiguousarray(np.concatenate([frames[u, start:last_key] for u, start in enumerate(valid_from)]).T)
-        following = np.concatenate([frames[u, start + 1 :] for u, start in enumerate(valid_from)]).T
+        starts = np.asarray(valid_from, dtype=np.int64)
+        valid = np.arange(last_key)[None, :] >= starts[:, None]  # (U, T-1): row-major, so unit after unit
+        keys = np.ascontiguousarray(frames[:, :-1][valid].T)  # (N, F)
+        following = frames[:, 1:][valid].T
         # e_k = b + K_0 c_k + K_1 c_{k+1}, elementwise in a fixed order: a frame's encoding never depends on
         # the other units (a batched torch conv may round differently for different batch shapes).
         encodings = np.empty(keys.shape, dtype=np.float32)
@@ -130,7 +132,7 @@ class PackedContext:
             for in_dim in range(keys.shape[0]):
                 acc += kernel[out_dim, in_dim, 0] * keys[in_dim] + kernel[out_dim, in_dim, 1] * following[in_dim]
             encodings[out_dim] = acc
-        offsets = np.concatenate([[0], np.cumsum([last_key - start for start in valid_from])]).astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum(last_key - starts)]).astype(np.int64)
         return cls(keys=keys, encodings=encodings, offsets=offsets)
 
     def arrays(self) -> tuple:

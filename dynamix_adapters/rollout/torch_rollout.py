@@ -73,12 +73,15 @@ class _DeviceRollout:
 
 
 @torch.no_grad()
-def rollout_torch(model: DynaMix, batch: RolloutBatch, horizon: int) -> np.ndarray:
-    """Observed dims (H, B, N) float32; call it through ``dispatch.rollout(..., backend="torch")``."""
+def rollout_torch(model: DynaMix, batch: RolloutBatch, horizon: int, cuda_graph: bool = True) -> np.ndarray:
+    """Observed dims (H, B, N) float32; call it through ``dispatch.rollout(..., backend="torch")``.
+
+    ``cuda_graph=False`` runs every step eagerly on a GPU too (``benchmarks/bench_gpu.py`` times both).
+    """
     state = _DeviceRollout.of(model, batch, horizon)
     n = model.arch.N
     done = 0
-    if model.device.type == "cuda" and horizon >= GRAPH_STEPS:
+    if cuda_graph and model.device.type == "cuda" and horizon >= GRAPH_STEPS:
         done = _replay_graph(state, horizon)
     for start in range(done, horizon, NOISE_CHUNK_STEPS):
         steps = min(NOISE_CHUNK_STEPS, horizon - start)
