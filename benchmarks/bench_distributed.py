@@ -9,12 +9,11 @@ the scaling efficiency (series/s with w workers over w times series/s with one),
 resident memory of each worker process (its whole life: Python, torch and numba included), and
 the workers' CPU time per 1,000 series, which tells lost scaling on shared cores from lost work.
 
-Where the time goes: Dask's task stream gives each task's compute seconds, grouped into
-writing (``to_parquet`` tasks), shuffling (``shuffle``/``p2p`` tasks; none when the ids come
-sorted with known divisions, as here) and reading plus forecasting (Dask fuses the two into
-one task per partition); a read-only pass over the same dataset, timed the same way, splits
-the reading off. The forecast options are the defaults (``"auto"`` preprocessing and
-non-stationarity) unless ``--preprocessing``/``--nonstationary`` say otherwise.
+Where the time goes: Dask's task stream gives each task's compute seconds, grouped by the
+task's name into reading (``read_parquet``), shuffling (``shuffle``/``p2p``; none when the ids
+come sorted with known divisions, as here), forecasting and writing (``to_parquet``). The
+forecast options are the defaults (``"auto"`` preprocessing and non-stationarity) unless
+``--preprocessing``/``--nonstationary`` say otherwise.
 
     python benchmarks/bench_distributed.py --series 20000 --workers 2   # minutes on 2 cores
     python benchmarks/bench_distributed.py --workers 2                  # issue 21: 1,000,000 series, defaults
@@ -132,13 +131,18 @@ def peak_memory() -> int:
 
 
 def task_seconds(stream: list[dict]) -> dict[str, float]:
-    """Compute seconds of the tasks in a Dask task stream, by what they do (from their keys)."""
-    totals = {"write": 0.0, "shuffle": 0.0, "read and forecast": 0.0}
+    """Compute seconds of the tasks in a Dask task stream, by what they do (from their keys' names)."""
+    totals = {"read": 0.0, "shuffle": 0.0, "forecast": 0.0, "write": 0.0}
     for task in stream:
-        key = str(task["key"]).lower()
-        kind = "write" if "parquet" in key and "to" in key else "read and forecast"
-        if any(word in key for word in ("shuffle", "p2p", "rearrange", "set_index", "set-index")):
+        name = str(task["key"]).lower()
+        if "read_parquet" in name or "readparquet" in name:
+            kind = "read"
+        elif "toparquet" in name or "to_parquet" in name or "to-parquet" in name:
+            kind = "write"
+        elif any(word in name for word in ("shuffle", "p2p", "rearrange", "set_index", "set-index")):
             kind = "shuffle"
+        else:  # _forecast_partition and the index handling around it
+            kind = "forecast"
         totals[kind] += sum(s["stop"] - s["start"] for s in task["startstops"] if s["action"] == "compute")
     return totals
 
@@ -151,10 +155,6 @@ def time_workers(n_workers: int, source: Path, target: Path, spec: ModelSpec, ar
         Client(cluster) as client,
     ):
         baseline = client.run(warm_up, spec)
-        with get_task_stream(client) as reading:  # the read alone, to split it off the fused read-and-forecast
-            started = time.perf_counter()
-            dd.read_parquet(source, index=COLUMNS.id_col, calculate_divisions=True).map_partitions(len).compute()
-            read_wall = time.perf_counter() - started
         cpu_before = client.run(cpu_seconds)
         started = time.perf_counter()
         with get_task_stream(client) as stream:
@@ -165,10 +165,7 @@ def time_workers(n_workers: int, source: Path, target: Path, spec: ModelSpec, ar
         elapsed = time.perf_counter() - started
         cpu_used = sum(client.run(cpu_seconds).values()) - sum(cpu_before.values())
         peaks = client.run(peak_memory)
-    tasks = task_seconds(stream.data)
-    read = min(sum(task_seconds(reading.data).values()), tasks["read and forecast"])
-    split = {"read": read, "forecast": tasks["read and forecast"] - read, "write": tasks["write"]}
-    split["shuffle"] = tasks["shuffle"]
+    split = task_seconds(stream.data)
     total = sum(split.values()) or 1.0
     rows = pq.ParquetDataset(target).read(columns=["series"]).num_rows
     if rows != args.series * args.horizon:
@@ -184,7 +181,6 @@ def time_workers(n_workers: int, source: Path, target: Path, spec: ModelSpec, ar
         "worker_peak_rss_mb": sorted(v / 2**20 for v in peaks.values()),
         "task_seconds": split,
         "time_share": {kind: seconds / total for kind, seconds in split.items()},
-        "read_only_pass_seconds": read_wall,
     }
 
 

@@ -51,8 +51,8 @@ LN2 = np.float32(math.log(2))
 FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 
 
-def _compile(func):
-    options = {"nogil": True, "fastmath": FASTMATH, "error_model": "numpy"}
+def _compile(func, fastmath=FASTMATH):
+    options = {"nogil": True, "fastmath": fastmath, "error_model": "numpy"}
     try:
         return numba.njit(cache=True, **options)(func)
     except RuntimeError:  # numba found no writable cache directory
@@ -118,25 +118,39 @@ class PackedContext:
         conv = model.gating_network.conv
         kernel = conv.weight.detach().cpu().numpy().astype(np.float32)  # (out, in, 2)
         bias = conv.bias.detach().cpu().numpy().astype(np.float32)
-        frames = np.asarray(context, dtype=np.float32)
-        last_key = frames.shape[1] - 1
+        frames = np.ascontiguousarray(context, dtype=np.float32)
         starts = np.asarray(valid_from, dtype=np.int64)
-        valid = np.arange(last_key)[None, :] >= starts[:, None]  # (U, T-1): row-major, so unit after unit
-        keys = np.ascontiguousarray(frames[:, :-1][valid].T)  # (N, F)
-        following = frames[:, 1:][valid].T
-        # e_k = b + K_0 c_k + K_1 c_{k+1}, elementwise in a fixed order: a frame's encoding never depends on
-        # the other units (a batched torch conv may round differently for different batch shapes).
-        encodings = np.empty(keys.shape, dtype=np.float32)
-        for out_dim in range(len(bias)):
-            acc = np.full(keys.shape[1], bias[out_dim], dtype=np.float32)
-            for in_dim in range(keys.shape[0]):
-                acc += kernel[out_dim, in_dim, 0] * keys[in_dim] + kernel[out_dim, in_dim, 1] * following[in_dim]
-            encodings[out_dim] = acc
-        offsets = np.concatenate([[0], np.cumsum(last_key - starts)]).astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum(frames.shape[1] - 1 - starts)]).astype(np.int64)
+        keys = np.empty((frames.shape[2], offsets[-1]), dtype=np.float32)
+        encodings = np.empty_like(keys)
+        _pack(frames, starts, offsets, kernel, bias, keys, encodings)
         return cls(keys=keys, encodings=encodings, offsets=offsets)
 
     def arrays(self) -> tuple:
         return self.keys, self.encodings, self.offsets
+
+
+def _pack(frames, starts, offsets, kernel, bias, keys, encodings):
+    """Each unit's valid frames c_1..c_{T-1} into keys (N, F), and e_k = b + sum_i K_0 c_k + K_1 c_{k+1}.
+
+    Frame by frame in a fixed order, so a frame's encoding never depends on the other
+    units (a batched torch conv may round differently for different batch shapes).
+    """
+    dims, last_key = frames.shape[2], frames.shape[1] - 1
+    for u in range(len(starts)):
+        column = offsets[u]
+        for t in range(starts[u], last_key):
+            for i in range(dims):
+                keys[i, column] = frames[u, t, i]
+            for o in range(dims):
+                acc = bias[o]
+                for i in range(dims):
+                    acc += kernel[o, i, 0] * frames[u, t, i] + kernel[o, i, 1] * frames[u, t + 1, i]
+                encodings[o, column] = acc
+            column += 1
+
+
+_pack = _compile(_pack, fastmath=False)  # every frame's encoding is the same IEEE sum, in the same order
 
 
 def rollout_per_series(model: DynaMix, batch: RolloutBatch, horizon: int, threads: int | None = None) -> np.ndarray:
