@@ -134,14 +134,15 @@ def task_seconds(stream: list[dict]) -> dict[str, float]:
     """Compute seconds of the tasks in a Dask task stream, by what they do (from their keys' names)."""
     totals = {"read": 0.0, "shuffle": 0.0, "forecast": 0.0, "write": 0.0}
     for task in stream:
-        name = str(task["key"]).lower()
-        if "read_parquet" in name or "readparquet" in name:
+        key = task["key"][0] if isinstance(task["key"], tuple) else task["key"]
+        name = str(key).lower().rsplit("-", 1)[0]  # "read_parquet-<token>" -> "read_parquet"
+        if name.startswith(("read_parquet", "readparquet")):
             kind = "read"
-        elif "toparquet" in name or "to_parquet" in name or "to-parquet" in name:
+        elif name.startswith(("toparquet", "to_parquet", "to-parquet")):
             kind = "write"
-        elif any(word in name for word in ("shuffle", "p2p", "rearrange", "set_index", "set-index")):
+        elif "shuffle" in name or "p2p" in name or name.startswith(("rearrange", "set_index", "sort_values")):
             kind = "shuffle"
-        else:  # _forecast_partition and the index handling around it
+        else:  # _forecast_partition and the index handling around it (reset_index)
             kind = "forecast"
         totals[kind] += sum(s["stop"] - s["start"] for s in task["startstops"] if s["action"] == "compute")
     return totals
