@@ -46,8 +46,10 @@ BACKENDS = ("numba", "batched", "torch")
 # 512 and horizon 24 the batched kernel takes ~0.8 us a step per series, the per-series one ~1.9 us.
 BATCHED_MIN_TRAJECTORIES = 24
 # A model on a GPU rolls out on the device from this many trajectories x context frames on; below, one CPU core
-# is faster than the ~10 kernel launches a step takes there (benchmarks/bench_gpu.py: a single series at context
-# 2,000 runs 0.09 s on the numba kernel, 4.5 s step by step on a GPU).
+# is faster than the ~10 kernel launches a step takes there (issue 21, on an H200: a single series at context
+# 2,000 ran 0.09 s on the numba kernel and 4.5 s step by step on the GPU; 256 series at context 512 ran 0.58 s
+# there, about twice the batched kernel's time on one core). An estimate until benchmarks/bench_gpu.py's
+# crossover scan has run on a GPU.
 GPU_MIN_WORK = 256 * 512
 # A rollout whose state leaves this many times its context's largest magnitude (in the
 # model's standardized space) has diverged. With the official weights, forecasts of the
