@@ -21,7 +21,7 @@ series only: their per-series cost is flat in the panel size, and the full panel
 take many minutes. Every row prints its series count. Ratios are against the reference,
 and the last lines check issue 21's targets.
 
-    DYNAMIX_MODEL_DIR=../shared/models python benchmarks/bench_pipeline.py          # 4,096 series, ~5 min
+    DYNAMIX_MODEL_DIR=../shared/models python benchmarks/bench_pipeline.py          # 4,096 series, ~20 min (AutoARIMA)
     DYNAMIX_MODEL_DIR=../shared/models python benchmarks/bench_pipeline.py --quick  # 64 series, ~1 min
 """
 
