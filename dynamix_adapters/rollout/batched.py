@@ -18,7 +18,7 @@ starts, so its frames stay in cache: at context 512 its keys, encodings and scor
 per step for 1,024 series at context 2,000).
 
 A tile costs the same whatever number of its lanes are real, so few trajectories run
-faster one by one in ``per_series`` (``dispatch.BATCHED_MIN_TRAJECTORIES``).
+faster one by one in ``per_series`` (``dispatch.BATCHED_MIN_PATHS``).
 
 Within this backend a trajectory's forecast is bit for bit the same alone or in any
 batch, at any lane, with any tile partners and any thread split: every operation is

@@ -2,23 +2,21 @@
 
 Three backends compute the same recurrence: "numba" (``per_series``, one trajectory
 at a time, compiled), "batched" (``batched``, 64 trajectories side by side, compiled;
-the faster one from ``BATCHED_MIN_TRAJECTORIES`` trajectories on) and "torch"
+the faster one from ``BATCHED_MIN_PATHS`` trajectories per unit on) and "torch"
 (``torch_rollout``: ``DynaMix.step`` once per step, the reference on a CPU; on a GPU
 the whole rollout stays on the device, replayed as one CUDA graph). All draw their
 gating noise from the same counter-based generator (``noise``).
 
-"auto" picks, for a model on the CPU, "batched" from ``BATCHED_MIN_TRAJECTORIES``
-trajectories in the rollout on (sample paths, or point forecasts of many series),
-else "numba"; for a model on a GPU, "torch" once the rollout holds at least
+"auto" picks, for a model on the CPU, "batched" from ``BATCHED_MIN_PATHS`` sample
+paths per unit, else "numba": the choice never depends on the other series in a call,
+so a series' forecast is bit for bit the same alone, in any batch, partition or worker
+(within a kernel it is; across kernels only to float32 rounding). Point forecasts of
+many series therefore stay on the per-series kernel unless ``backend="batched"`` is
+asked for. For a model on a GPU, "torch" once the rollout holds at least
 ``GPU_MIN_WORK`` trajectory-frames, else the CPU kernels (a small rollout runs faster
-on one CPU core than the GPU launches a step takes); torch where numba does not import.
-
-Within one kernel a trajectory's forecast is bit for bit the same in any batch; the
-kernels agree with each other to float32 rounding per step. So a series forecast alone
-(the per-series kernel) and in a call of many (the batched kernel) agree to float32
-rounding per step, which a chaotic system amplifies over long horizons as any float32
-computation does; pass ``backend="numba"`` or ``"batched"`` for bit-identical forecasts
-across batch sizes.
+on one CPU core than the GPU launches a step takes): there the batch decides, and a
+series agrees alone and in a large batch to float32 rounding. Torch where numba does
+not import.
 
 >>> import numpy as np
 >>> from dynamix_adapters.model import Architecture, DynaMix
@@ -41,10 +39,10 @@ from .batch import RolloutBatch
 BACKENDS = ("numba", "batched", "torch")
 # From this many trajectories on, the batched kernel beats the per-series one (bench_inference.py, one thread,
 # H 1,000: at context 512 batched takes 0.90x numba's time for 20 trajectories and 0.75x for 24, 1.10x for 16;
-# at context 2,000, 1.06x for 24 and 0.77x for 32). A tile of 64 lanes costs the same however few are real, so
-# below this a trajectory runs faster alone. Point forecasts of many series count like sample paths: at context
-# 512 and horizon 24 the batched kernel takes ~0.8 us a step per series, the per-series one ~1.9 us.
-BATCHED_MIN_TRAJECTORIES = 24
+# at context 2,000, 1.06x for 24 and 0.77x for 32). "auto" compares it with the sample paths per unit, not with
+# the batch size: the choice then never depends on the other series in a call, so a series' forecast stays
+# bit-identical alone, in any batch, partition or worker (the backends agree only to float32 rounding).
+BATCHED_MIN_PATHS = 24
 # A model on a GPU rolls out on the device from this many trajectories x context frames on; below, one CPU core
 # is faster than the ~10 kernel launches a step takes there (issue 21, on an H200: a single series at context
 # 2,000 ran 0.09 s on the numba kernel and 4.5 s step by step on the GPU; 256 series at context 512 ran 0.58 s
@@ -81,8 +79,8 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def select_backend(backend: str, model: DynaMix, trajectories: int = 1, work: int = 0) -> str:
-    """The backend a rollout of ``trajectories`` uses; ``work`` is trajectories times context frames."""
+def select_backend(backend: str, model: DynaMix, paths_per_unit: int = 1, work: int = 0) -> str:
+    """The backend a rollout uses; ``work`` is its trajectories times context frames (for a model on a GPU)."""
     if check_backend(backend) != "auto":
         return backend
     problem = numba_import_error()
@@ -91,7 +89,7 @@ def select_backend(backend: str, model: DynaMix, trajectories: int = 1, work: in
         return "torch"
     if model.device.type != "cpu" and work >= GPU_MIN_WORK:
         return "torch"
-    return "batched" if trajectories >= BATCHED_MIN_TRAJECTORIES else "numba"
+    return "batched" if paths_per_unit >= BATCHED_MIN_PATHS else "numba"
 
 
 @functools.cache
@@ -108,7 +106,7 @@ def rollout(model: DynaMix, batch: RolloutBatch, horizon: int, backend: str = "a
     """Return the observed dims of every trajectory for steps 1..H, shaped (H, B, N)."""
     batch.check(model.arch.N)
     work = len(batch.unit) * batch.context.shape[1]
-    chosen = select_backend(backend, model, len(batch.unit), work)
+    chosen = select_backend(backend, model, len(batch.unit) // len(batch.context), work)
     # The kernels import on first use: numba loads only when a compiled kernel runs.
     if chosen == "numba":
         from .per_series import rollout_per_series
