@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from dynamix_adapters import forecast, load_model
-from dynamix_adapters.engine import DivergenceError
 from dynamix_adapters.metrics import power_spectrum_distance, state_space_divergence
+from dynamix_adapters.rollout import DivergenceError
 from dynamix_adapters.training.corpus import HELD_OUT_SYSTEMS, CorpusConfig, generate_trajectory
 from dynamix_adapters.weights import BUNDLED_MODEL, OFFICIAL_MODEL
 

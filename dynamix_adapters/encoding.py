@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .noise import content_key
 from .options import ForecastOptions
 from .preprocessing import Scaler, TrendTransform, embed
+from .rollout import content_key
 
 
 @dataclass(frozen=True)

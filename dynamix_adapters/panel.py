@@ -30,9 +30,9 @@ from numbers import Integral, Real
 import numpy as np
 import pandas as pd
 
-from .noise import seed_entropy
 from .options import ForecastOptions
 from .pipeline import DynaMixPipeline
+from .rollout import seed_entropy
 from .weights import load_model
 
 # Series per pipeline call: large enough that the rollout's per-call overhead is negligible, small enough that a

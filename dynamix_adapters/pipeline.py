@@ -8,7 +8,7 @@ One forecast call flows one way::
       -> select            "auto" options: each unit's setting by in-context validation (selection.py)
       -> encode            one SeriesEncoding per unit (trend, scaler, embedding)
       -> RolloutBatch      left-padded contexts, starts (calibrated units: perturbed per path,
-                           calibration.py), per-trajectory noise streams
+                           calibration.py), per-trajectory noise stream keys
       -> rollout           (H, B, N) in model space, on the numba or torch backend
       -> decode            each SeriesEncoding inverts its own transforms
       -> calibrate         validated units: spread matched to the validation error on the
@@ -32,19 +32,21 @@ import torch
 
 from .calibration import perturbed_starts
 from .encoding import SeriesEncoding
-from .engine import (
+from .model import DynaMix
+from .options import AUTO, ForecastOptions
+from .preprocessing import EMBEDDINGS, min_context_length
+from .rollout import (
     DivergenceError,
     DivergenceWarning,
     RolloutBatch,
     check_backend,
     check_divergence,
+    content_key,
     diverged_steps,
     rollout,
+    seed_entropy,
+    stream_keys,
 )
-from .model import DynaMix
-from .noise import content_key, seed_entropy
-from .options import AUTO, ForecastOptions
-from .preprocessing import EMBEDDINGS, min_context_length
 from .selection import Selection, select
 from .weights import load_model
 
@@ -95,7 +97,7 @@ class DynaMixPipeline:
     options : ForecastOptions, optional
         Forecasting options; defaults to ``ForecastOptions()``.
     backend : str
-        Rollout implementation: "auto" or a name from ``engine.BACKENDS``.
+        Rollout implementation: "auto" or a name from ``rollout.BACKENDS``.
 
     Examples
     --------
@@ -300,13 +302,12 @@ class DynaMixPipeline:
                 context[u, length - len(unit.frames) :] = unit.frames
             starts = np.stack([unit.start for unit in units]).astype(np.float32)
         self._raise_if_unrepresentable(context, starts, labels)
-        streams = [np.random.default_rng([entropy, unit.key, path + 1]) for path in range(n_paths) for unit in units]
         return RolloutBatch(
             context=context,
             valid_from=np.array([length - len(unit.frames) for unit in units]),
             x0=np.tile(starts, (n_paths, 1)),
             unit=np.tile(np.arange(len(units)), n_paths),
-            streams=streams,
+            streams=stream_keys(entropy, [unit.key for unit in units], n_paths),
             labels=tuple(labels),
         )
 

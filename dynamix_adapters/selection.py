@@ -30,10 +30,9 @@ import numpy as np
 
 from .calibration import Spread
 from .encoding import SeriesEncoding
-from .engine import diverged_steps, rollout
-from .noise import content_key
 from .options import AUTO, ForecastOptions
 from .preprocessing import EMBEDDINGS, min_context_length
+from .rollout import content_key, diverged_steps, rollout
 
 VALIDATION_WINDOWS = 3
 # One path per candidate and window: the error then also holds the paths' own noise, which the

@@ -10,10 +10,9 @@ import pytest
 from dynamix_adapters import selection
 from dynamix_adapters.calibration import Spread, robust_spread
 from dynamix_adapters.encoding import SeriesEncoding
-from dynamix_adapters.engine import rollout
-from dynamix_adapters.noise import seed_entropy
 from dynamix_adapters.options import ForecastOptions
 from dynamix_adapters.pipeline import DynaMixPipeline
+from dynamix_adapters.rollout import rollout, seed_entropy
 from dynamix_adapters.systems import lorenz63_trajectory
 
 FIXED = {"preprocessing": "pos_embedding", "nonstationary": False}

@@ -51,10 +51,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..engine import DivergenceError
 from ..forecast import forecast
 from ..metrics import mase, power_spectrum_distance, state_space_divergence
 from ..model import Architecture, DynaMix
+from ..rollout import DivergenceError
 from ..weights import save_model
 from .corpus import Corpus, CorpusConfig, load_or_build
 from .fused import loss_and_gradients
