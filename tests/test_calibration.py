@@ -68,9 +68,13 @@ def test_a_constant_dim_gets_no_perturbation():
 
 @pytest.mark.parametrize("weights", ["official", "bundled"])
 def test_default_sample_paths_keep_the_attractor(weights, official_path, shared_series):
-    """Issue 22, short: lorenz63's published context, 3 paths of 3,000 steps, D_stsp as with fixed settings."""
+    """Issue 22, short: lorenz63's published context, 3 paths of 10,000 steps, D_stsp as with fixed settings.
+
+    10,000 steps as in the paper: over 3,000 the ratio of two 3-path medians ranges 0.67-1.58 across seeds
+    for the same weights and settings, over 10,000 0.81-1.18.
+    """
     data = shared_series("lorenz63")
-    context, truth = data[:2000], data[2000:5000]
+    context, truth = data[:2000], data[2000:12000]
     pipeline = DynaMixPipeline.from_pretrained(official_path if weights == "official" else None, random_state=0)
     default = pipeline.with_options(n_samples=3).predict_samples(context, len(truth))
     fixed = pipeline.with_options(n_samples=3, **FIXED).predict_samples(context, len(truth))
