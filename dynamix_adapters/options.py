@@ -12,7 +12,7 @@ from numbers import Integral
 
 import numpy as np
 
-from .preprocessing import check_preprocessing
+from .transforms.preprocessing import check_preprocessing
 
 POINT_FORECASTS = ("path", "median", "mean")
 DIVERGENCE_POLICIES = ("raise", "nan")

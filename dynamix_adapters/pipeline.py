@@ -27,7 +27,7 @@ from numbers import Integral
 import numpy as np
 import torch
 
-from .encoding import SeriesEncoding
+from .transforms.encoding import SeriesEncoding
 from .engine import (
     DivergenceError,
     DivergenceWarning,
@@ -40,7 +40,7 @@ from .engine import (
 from .model import DynaMix
 from .noise import content_key, seed_entropy
 from .options import AUTO, ForecastOptions
-from .preprocessing import EMBEDDINGS, min_context_length
+from .transforms.preprocessing import EMBEDDINGS, min_context_length
 from .selection import Selection, select
 from .weights import load_model
 

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .calibration import Spread
-from .encoding import SeriesEncoding
+from .transforms.encoding import SeriesEncoding
 from .engine import diverged_steps, rollout
 from .options import AUTO, ForecastOptions
-from .preprocessing import EMBEDDINGS, min_context_length
+from .transforms.preprocessing import EMBEDDINGS, min_context_length
 
 VALIDATION_WINDOWS = 3
 # One path per candidate and window: the error then also holds the paths' own noise, which the

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dynamix_adapters import forecast
-from dynamix_adapters.preprocessing import EMBEDDINGS, dominant_period, min_context_length
+from dynamix_adapters.transforms.preprocessing import EMBEDDINGS, dominant_period, min_context_length
 
 
 @pytest.fixture

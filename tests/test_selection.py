@@ -9,7 +9,7 @@ import pytest
 
 from dynamix_adapters import selection
 from dynamix_adapters.calibration import Spread
-from dynamix_adapters.encoding import SeriesEncoding
+from dynamix_adapters.transforms.encoding import SeriesEncoding
 from dynamix_adapters.engine import rollout
 from dynamix_adapters.noise import seed_entropy
 from dynamix_adapters.options import ForecastOptions

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .noise import content_key
-from .options import ForecastOptions
+from ..noise import content_key
+from ..options import ForecastOptions
 from .preprocessing import Scaler, TrendTransform, embed
 
 
