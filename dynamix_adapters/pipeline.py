@@ -5,10 +5,10 @@ One forecast call flows one way::
     context (T, N) | (T, S, N) | list of (T_s, N)
       -> input transform   series list, checked and trimmed to ``context_length``
       -> select            "auto" options: each series' setting by in-context validation (selection.py)
-      -> encode            one SeriesEncoding per series (trend, scaler, embedding or split)
+      -> encode            one BatchEncoding of all series (trend, scaler, embedding or split), as arrays
       -> RolloutBatch      left-padded contexts, starts, per-trajectory noise streams
       -> rollout           (H, B, N) in model space, on the numba or torch backend
-      -> decode            each SeriesEncoding inverts its own transforms
+      -> decode            the BatchEncoding inverts each series' own transforms, for all at once
       -> calibrate         validated series: sample paths spread to the validation error (calibration.py)
       -> output transform  (P, H, [S,] N) in the caller's layout
 
@@ -27,7 +27,6 @@ from numbers import Integral
 import numpy as np
 import torch
 
-from .transforms.encoding import SeriesEncoding
 from .engine import (
     DivergenceError,
     DivergenceWarning,
@@ -40,8 +39,9 @@ from .engine import (
 from .model import DynaMix
 from .noise import content_key, seed_entropy
 from .options import AUTO, ForecastOptions
-from .transforms.preprocessing import EMBEDDINGS, min_context_length
 from .selection import Selection, select
+from .transforms.encoding import BatchEncoding
+from .transforms.preprocessing import EMBEDDINGS, min_context_length
 from .weights import load_model
 
 DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -216,22 +216,19 @@ class DynaMixPipeline:
         )
         entropy = seed_entropy(self.options.random_state)
         self.selections = select(self, series, entropy, starts is not None)
-        encodings = [
-            SeriesEncoding.fit(
-                x, choice.options(self.options), self.model.arch.N, entropy, None if starts is None else starts[s]
-            )
-            for s, (x, choice) in enumerate(zip(series, self.selections, strict=True))
-        ]
-        batch = self._batch(encodings, labels, n_paths, entropy)
+        encoding = BatchEncoding.fit(
+            series,
+            [choice.preprocessing for choice in self.selections],
+            [choice.nonstationary for choice in self.selections],
+            standardize=self.options.standardize,
+            model_dims=self.model.arch.N,
+            entropy=entropy,
+            starts=starts,
+        )
+        batch = self._batch(encoding, labels, n_paths, entropy)
         observed = rollout(self.model, batch, horizon, self.backend)  # (H, P*U, N)
-        diverged = self._diverged_series(observed, batch, encodings)
-        observed = observed.reshape(horizon, n_paths, -1, self.model.arch.N)  # (H, P, U, N)
-        out, first_unit = [], 0
-        for encoding in encodings:
-            units = len(encoding.units)
-            out.append(encoding.decode(observed[:, :, first_unit : first_unit + units]))
-            first_unit += units
-        paths = np.stack(out, axis=2)  # (P, H, S, D)
+        diverged = self._diverged_series(observed, batch, encoding)
+        paths = encoding.decode(observed.reshape(horizon, n_paths, -1, self.model.arch.N))  # (P, H, S, D)
         paths[:, :, diverged] = np.nan
         self._check_overflow(paths, labels, diverged)
         return self._calibrate(paths, series, entropy) if n_paths > 1 else paths
@@ -245,7 +242,7 @@ class DynaMixPipeline:
                 paths[:, :, s] = choice.spread.apply(paths[:, :, s], x.std(axis=0), rng)
         return paths
 
-    def _diverged_series(self, observed: np.ndarray, batch: RolloutBatch, encodings: list[SeriesEncoding]) -> list[int]:
+    def _diverged_series(self, observed: np.ndarray, batch: RolloutBatch, encoding: BatchEncoding) -> list[int]:
         """Series with a diverged trajectory: an error under on_divergence="raise", else a warning naming them."""
         try:
             check_divergence(observed, batch)
@@ -253,9 +250,8 @@ class DynaMixPipeline:
             if self.options.on_divergence == "raise":
                 raise
             warnings.warn(f"{error} Returning NaN for {', '.join(error.labels)}.", DivergenceWarning, stacklevel=4)
-            series_of_unit = np.repeat(np.arange(len(encodings)), [len(e.units) for e in encodings])
             bad = diverged_steps(observed, batch) >= 0  # (B,)
-            return sorted(set(series_of_unit[batch.unit[bad]].tolist()))
+            return np.unique(encoding.job_of_unit[batch.unit[bad]]).tolist()
         return []
 
     def _check_overflow(self, paths: np.ndarray, labels: list[str], diverged: list[int]) -> None:
@@ -280,25 +276,21 @@ class DynaMixPipeline:
                 f"dims needs at least {needed}. Pass a longer context."
             )
 
-    def _batch(self, encodings: list[SeriesEncoding], labels: list[str], n_paths: int, entropy: int) -> RolloutBatch:
+    def _batch(self, encoding: BatchEncoding, labels: list[str], n_paths: int, entropy: int) -> RolloutBatch:
         """All units of all series, left-padded, with ``n_paths`` trajectories per unit (path-major)."""
-        units = [unit for encoding in encodings for unit in encoding.units]
-        split = len(encodings[0].units) > 1
-        dims = len(encodings[0].scaler.mean)
-        unit_labels = [f"{label} (dim {d})" for label in labels for d in range(dims)] if split else labels
-        length = max(len(unit.frames) for unit in units)
-        context = np.zeros((len(units), length, self.model.arch.N), dtype=np.float32)
+        dims = encoding.mean.shape[1]
+        unit_labels = [f"{label} (dim {d})" for label in labels for d in range(dims)] if encoding.split else labels
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported just below
-            for u, unit in enumerate(units):
-                context[u, length - len(unit.frames) :] = unit.frames
-            starts = np.stack([unit.start for unit in units]).astype(np.float32)
+            context = encoding.context.astype(np.float32)
+            starts = encoding.starts.astype(np.float32)
         self._raise_if_unrepresentable(context, starts, unit_labels)
-        streams = [np.random.default_rng([entropy, unit.key, path + 1]) for path in range(n_paths) for unit in units]
+        streams = [np.random.default_rng([entropy, key, path + 1]) for path in range(n_paths) for key in encoding.keys]
+        units = len(encoding.keys)
         return RolloutBatch(
             context=context,
-            valid_from=np.array([length - len(unit.frames) for unit in units]),
+            valid_from=encoding.valid_from,
             x0=np.tile(starts, (n_paths, 1)),
-            unit=np.tile(np.arange(len(units)), n_paths),
+            unit=np.tile(np.arange(units), n_paths),
             streams=streams,
             labels=tuple(unit_labels),
         )

@@ -1,10 +1,15 @@
-"""SeriesEncoding: one series on its way into the model's space and back.
+"""BatchEncoding: many series on their way into the model's space and back, as arrays.
 
-Encode, per (T, D) series in data space: optional Box-Cox and power-law trend removal
-per dim, per-dim standardization, then an embedding to the model's N dims, or, when
-D > N, a split into D univariate units that are each embedded. The encoding keeps
-every transform it applied, so ``decode`` inverts exactly those, in reverse order:
-there is nothing to branch on later.
+Encode J jobs, each a (T, D) series in data space with its own embedding and
+non-stationary flag: optional Box-Cox and power-law trend removal per dim, per-dim
+standardization, then an embedding to the model's N dims, or, when D > N, a split into D
+univariate units that are each embedded. Series are grouped by length (a handful of
+groups), and every statistic, fit and embedding runs once per group over all of its
+rows; jobs that share a series and a flag share its trend fit and scaling.
+
+The result is the rollout's input (every unit's context, left-padded, its first valid
+frame, its first observation and its content key) plus what ``decode`` needs to invert
+exactly the transforms each job applied, in reverse order, for all jobs at once.
 """
 
 from __future__ import annotations
@@ -14,68 +19,172 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..noise import content_key
-from ..options import ForecastOptions
-from .preprocessing import Scaler, TrendTransform, embed
+from .preprocessing import Scaler, embed, random_lags
+from .trend import TrendFit
 
 
 @dataclass(frozen=True)
-class Unit:
-    """What one rollout unit forecasts: an embedded context (T', N) in model space."""
+class BatchEncoding:
+    """The transforms of J jobs, and the U rollout units they produced (one per job, or D when split)."""
 
-    frames: np.ndarray  # (T', N) float64, aligned to the end of the series
-    start: np.ndarray  # (N,) the rollout's first observation
-    key: int  # content key of the raw values this unit forecasts: seeds its random streams
+    context: np.ndarray  # (U, L, N) float64 embedded contexts, aligned to their end, zeros before valid_from
+    valid_from: np.ndarray  # (U,) index of each unit's first real frame
+    starts: np.ndarray  # (U, N) each unit's first observation
+    keys: tuple[int, ...]  # (U,) content key of the raw values a unit forecasts: seeds its random streams
+    split: bool  # series with more dims than the model: one univariate unit per dim
+    mean: np.ndarray  # (J, D) scaler, in the (possibly detrended) level space
+    std: np.ndarray  # (J, D)
+    constant: np.ndarray  # (J, D) dims constant in data space: forecast as their last value
+    last: np.ndarray  # (J, D) last observation in data space
+    nonstationary: np.ndarray  # (J,) bool
+    trend: TrendFit | None  # rows (j, d) of the nonstationary jobs, job-major
 
-
-@dataclass(frozen=True)
-class SeriesEncoding:
-    """The transforms of one series, and the rollout units they produced."""
-
-    trends: tuple[TrendTransform, ...] | None  # per dim, when nonstationary
-    scaler: Scaler
-    constant: np.ndarray  # (D,) dims constant in data space: forecast as their last value
-    last: np.ndarray  # (D,) last observation in data space
-    units: tuple[Unit, ...]  # one, or D when the series is split into univariate units
+    @property
+    def job_of_unit(self) -> np.ndarray:
+        """(U,) the job each unit belongs to."""
+        return np.repeat(np.arange(len(self.mean)), self.mean.shape[1] if self.split else 1)
 
     @classmethod
     def fit(
-        cls, x: np.ndarray, options: ForecastOptions, model_dims: int, entropy: int, start: np.ndarray | None = None
-    ) -> SeriesEncoding:
-        """Encode x (T, D); ``start`` (k,) in data scale replaces the last frame as the rollout's first state."""
-        dims = x.shape[1]
-        trends = tuple(TrendTransform.fit(x[:, d]) for d in range(dims)) if options.nonstationary else None
-        level = np.column_stack([t.transform(x[:, d]) for d, t in enumerate(trends)]) if trends else x
-        scaler = Scaler.fit(level, options.standardize)
-        scaled = scaler.transform(level)
-        given = None if start is None else (start - scaler.mean[: len(start)]) / scaler.std[: len(start)]
-        if dims > model_dims:
-            pieces = [(scaled[:, [d]], x[:, [d]], None if given is None else given[[d]]) for d in range(dims)]
-        else:
-            pieces = [(scaled, x, given)]
-        units = []
-        for piece, raw, piece_start in pieces:
-            # Keyed by the raw values the unit forecasts: a series (or a split-off dim) gets the
-            # same draws alone, in any batch, at any position, in any process.
-            key = content_key(raw)
-            frames, _ = embed(piece, options.preprocessing, model_dims, np.random.default_rng([entropy, key, 0]))
-            units.append(Unit(frames, _complete_start(frames, piece_start), key))
-        return cls(trends, scaler, Scaler.fit(x).constant, x[-1], tuple(units))
+        cls,
+        series: list[np.ndarray],
+        preprocessing,
+        nonstationary,
+        *,
+        standardize: bool,
+        model_dims: int,
+        entropy: int,
+        source=None,
+        starts: np.ndarray | None = None,
+    ) -> BatchEncoding:
+        """Encode job j = series[source[j]] (T_j, D) with ``preprocessing[j]`` and ``nonstationary[j]``.
+
+        ``source`` defaults to one job per series. ``starts`` (J, k) in data scale replace
+        the last frame as each job's first state (stationary jobs only).
+        """
+        source = np.arange(len(series)) if source is None else np.asarray(source, dtype=np.int64)
+        methods = np.asarray(preprocessing, dtype=object).reshape(-1)
+        flags = np.asarray(nonstationary, dtype=bool).reshape(-1)
+        dims = series[0].shape[1]
+        split = dims > model_dims
+        lengths = np.array([len(x) for x in series])
+        # A level is a (series, flag) pair: the values the scaler and the embeddings see.
+        levels, level_of_job = np.unique(source * 2 + flags, return_inverse=True)
+        level_source, level_flag = levels // 2, levels % 2 == 1
+        n_levels = len(levels)
+        mean, std = np.empty((n_levels, dims)), np.empty((n_levels, dims))
+        trend_rows = np.full(n_levels, -1)  # each nonstationary level's first row in ``fits``
+        fits, scaled_groups, group_of_level, row_of_level = [], {}, np.empty(n_levels, int), np.empty(n_levels, int)
+        constant, last = np.empty((len(series), dims), dtype=bool), np.empty((len(series), dims))
+        used = np.unique(source)
+        for length in np.unique(lengths[used]):  # a handful of distinct lengths
+            members = used[lengths[used] == length]
+            raw = np.stack([series[s] for s in members])  # (n, T, D)
+            constant[members] = Scaler.fit(raw).constant
+            last[members] = raw[:, -1]
+            mine = np.nonzero(lengths[level_source] == length)[0]
+            values = raw[np.searchsorted(members, level_source[mine])]
+            flagged = level_flag[mine]
+            if flagged.any():
+                rows = values[flagged].transpose(0, 2, 1).reshape(-1, length)  # (n_flagged * D, T)
+                fit, detrended = TrendFit.fit(rows)
+                values[flagged] = detrended.reshape(-1, dims, length).transpose(0, 2, 1)
+                trend_rows[mine[flagged]] = sum(len(f.lam) for f in fits) + dims * np.arange(flagged.sum())
+                fits.append(fit)
+            scaler = Scaler.fit(values, standardize)
+            mean[mine], std[mine] = scaler.mean, scaler.std
+            scaled_groups[length] = scaler.transform(values)
+            group_of_level[mine], row_of_level[mine] = length, np.arange(len(mine))
+
+        unit_keys = _unit_keys(series, source, split)
+        key_array = np.array(unit_keys, dtype=np.uint64)
+        job_of_unit = np.repeat(np.arange(len(source)), dims if split else 1)
+        if starts is not None:
+            given = (starts - mean[level_of_job, : starts.shape[1]]) / std[level_of_job, : starts.shape[1]]
+            starts = given.reshape(-1, 1) if split else given
+        pieces = []  # (units, frames (n, T, N), first valid frame (n,))
+        for length in scaled_groups:
+            for method in np.unique(methods):  # a few embeddings
+                jobs = np.nonzero((group_of_level[level_of_job] == length) & (methods == method))[0]
+                if not len(jobs):
+                    continue
+                rows = scaled_groups[length][row_of_level[level_of_job[jobs]]]  # (n, T, D)
+                units = jobs
+                if split:
+                    rows = rows.transpose(0, 2, 1).reshape(-1, length, 1)
+                    units = (jobs[:, None] * dims + np.arange(dims)).reshape(-1)
+                needed = model_dims - rows.shape[2]
+                lags = random_lags(entropy, key_array[units], needed) if needed > 0 else None
+                frames, first = embed(rows, method, model_dims, lags)
+                pieces.append((units, frames, first))
+        context, valid_from = _left_pad(pieces, len(job_of_unit), model_dims)
+        unit_starts = _complete_starts(context, valid_from, starts)
+        trend = None
+        if level_flag.any():
+            every = TrendFit.concatenate(fits)
+            jobs = np.nonzero(flags)[0]
+            trend = every.take((trend_rows[level_of_job[jobs]][:, None] + np.arange(dims)).reshape(-1))
+        return cls(
+            context=context,
+            valid_from=valid_from,
+            starts=unit_starts,
+            keys=tuple(unit_keys),
+            split=split,
+            mean=mean[level_of_job],
+            std=std[level_of_job],
+            constant=constant[source],
+            last=last[source],
+            nonstationary=flags,
+            trend=trend,
+        )
 
     def decode(self, observed: np.ndarray) -> np.ndarray:
-        """observed (H, P, units, N) in model space -> (P, H, D) in data space."""
-        dims = len(self.scaler.mean)
-        scaled = observed[..., 0] if len(self.units) > 1 else observed[:, :, 0, :dims]  # (H, P, D)
-        values = self.scaler.inverse(scaled.astype(np.float64))
-        if self.trends:
-            values = np.stack([t.inverse(values[..., d]) for d, t in enumerate(self.trends)], axis=-1)
-        values[..., self.constant] = self.last[self.constant]
-        return values.transpose(1, 0, 2)
+        """observed (H, P, U, N) in model space -> (P, H, J, D) in data space."""
+        steps, paths = observed.shape[:2]
+        jobs, dims = self.mean.shape
+        scaled = observed[..., 0].reshape(steps, paths, jobs, dims) if self.split else observed[:, :, :, :dims]
+        values = scaled.astype(np.float64) * self.std + self.mean  # (H, P, J, D)
+        if self.trend is not None:
+            rows = values[:, :, self.nonstationary].transpose(2, 3, 0, 1).reshape(-1, steps, paths)
+            restored = self.trend.inverse(rows).reshape(-1, dims, steps, paths).transpose(2, 3, 0, 1)
+            values[:, :, self.nonstationary] = restored
+        values = np.where(self.constant, self.last, values)
+        return values.transpose(1, 0, 2, 3)
 
 
-def _complete_start(frames: np.ndarray, start: np.ndarray | None) -> np.ndarray:
-    """The rollout's first observation: the last frame, or ``start`` completed from the nearest frame."""
-    if start is None:
-        return frames[-1]
-    k = len(start)
-    nearest = frames[np.argmin(((frames[:, :k] - start) ** 2).sum(axis=1))]
-    return np.concatenate([start, nearest[k:]])
+def _unit_keys(series: list[np.ndarray], source: np.ndarray, split: bool) -> list[int]:
+    """Content keys of the raw values each unit forecasts, one hash per distinct series (or dim) used."""
+    # Keyed by the raw values: a series (or a split-off dim) gets the same draws alone, in any batch,
+    # at any position, in any process. blake2b costs about a microsecond a series.
+    dims = series[0].shape[1]
+    used = np.unique(source)
+    if split:
+        keys = {s: [content_key(series[s][:, [d]]) for d in range(dims)] for s in used.tolist()}
+        return [key for s in source.tolist() for key in keys[s]]
+    keys = {s: content_key(series[s]) for s in used.tolist()}
+    return [keys[s] for s in source.tolist()]
+
+
+def _left_pad(pieces, n_units: int, model_dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """Place each group's frames (n, T, N) at the end of one (U, L, N) array, zeros before each unit's first frame."""
+    width = max(frames.shape[1] - first.min() for _, frames, first in pieces)
+    context = np.zeros((n_units, width, model_dims))
+    valid_from = np.empty(n_units, dtype=np.int64)
+    for units, frames, first in pieces:
+        length = frames.shape[1]
+        kept = frames[:, max(0, length - width) :]
+        context[units, width - kept.shape[1] :] = kept
+        valid_from[units] = width - (length - first)
+    context[np.arange(width)[None, :] < valid_from[:, None]] = 0.0
+    return context, valid_from
+
+
+def _complete_starts(context: np.ndarray, valid_from: np.ndarray, given: np.ndarray | None) -> np.ndarray:
+    """Each unit's first observation: its last frame, or ``given`` (U, k) completed from the nearest frame."""
+    if given is None:
+        return context[:, -1].copy()
+    k = given.shape[1]
+    distance = ((context[:, :, :k] - given[:, None, :]) ** 2).sum(axis=2)  # (U, L)
+    distance[np.arange(context.shape[1])[None, :] < valid_from[:, None]] = np.inf
+    nearest = context[np.arange(len(context)), np.argmin(distance, axis=1)]
+    return np.concatenate([given, nearest[:, k:]], axis=1)

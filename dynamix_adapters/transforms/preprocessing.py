@@ -1,21 +1,21 @@
-"""Per-series transforms between data space and the model's N-dim input space.
+"""Scaling and embeddings between data space and the model's N-dim input space, for many series at once.
 
-Everything here works on one series at a time, shaped (T, d), in float64. The
-forecast pipeline applies these per series and stacks the results for the batched
-rollout.
+Everything here works on R rows of equal length, shaped (R, T, d) or (R, T), in float64:
+the batch encoding (``encoding.py``) groups series by length and calls these once per
+group. Each row's result is what it would be alone: no statistic mixes rows.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, signal, special, stats
 
 EMBEDDINGS = ("pos_embedding", "delay_embedding", "delay_embedding_random", "zero_embedding")
 RANDOM_LAG_RANGE = (3, 10)
 STD_FLOOR = 1e-12
+MASK64 = 0xFFFFFFFFFFFFFFFF
+MIX64_1, MIX64_2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # splitmix64's finalizer constants
 
 
 def check_preprocessing(name) -> str:
@@ -41,171 +41,148 @@ def min_context_length(preprocessing: str, n_dims: int = 1, model_dims: int = 3)
 
 @dataclass(frozen=True)
 class Scaler:
-    """Per-dim affine map to zero mean and unit variance; constant dims keep scale 1."""
+    """Per-row, per-dim affine map to zero mean and unit variance; constant dims keep scale 1."""
 
-    mean: np.ndarray  # (d,)
-    std: np.ndarray  # (d,)
-    constant: np.ndarray  # (d,) bool
+    mean: np.ndarray  # (R, d)
+    std: np.ndarray  # (R, d)
+    constant: np.ndarray  # (R, d) bool
 
     @classmethod
     def fit(cls, x: np.ndarray, enabled: bool = True) -> Scaler:
-        d = x.shape[1]
-        magnitude = np.abs(x).max(axis=0)
+        """Statistics of x (R, T, d) over time."""
+        magnitude = np.abs(x).max(axis=1)
         unit = np.where(magnitude > 0, magnitude, 1.0)
-        std = (x / unit).std(axis=0) * unit  # squaring values beyond 1e154 directly would overflow
+        std = (x / unit[:, None]).std(axis=1) * unit  # squaring values beyond 1e154 directly would overflow
         # Relative to the dim's magnitude only: a series at 1e-12 scale still varies.
         constant = std <= STD_FLOOR * magnitude
         if not enabled:
-            return cls(np.zeros(d), np.ones(d), constant)
-        return cls(x.mean(axis=0), np.where(constant, 1.0, std), constant)
+            return cls(np.zeros_like(std), np.ones_like(std), constant)
+        return cls(x.mean(axis=1), np.where(constant, 1.0, std), constant)
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.mean) / self.std
-
-    def inverse(self, x: np.ndarray) -> np.ndarray:
-        return x * self.std + self.mean
+        """x (R, T, d) -> standardized."""
+        return (x - self.mean[:, None]) / self.std[:, None]
 
 
 def autocorrelation(x: np.ndarray, max_lag: int) -> np.ndarray:
-    """Biased sample autocorrelation of a 1-D series at lags 0..max_lag (FFT based)."""
-    x = x - x.mean()
-    n = len(x)
-    spectrum = np.fft.rfft(x, n=2 * n)
-    acov = np.fft.irfft(spectrum * np.conj(spectrum))[: max_lag + 1]
-    if acov[0] <= 0:
-        return np.zeros(max_lag + 1)
-    return acov / acov[0]
+    """Biased sample autocorrelation of each row of x (R, T) at lags 0..max_lag (FFT based): (R, max_lag + 1)."""
+    x = x - x.mean(axis=-1, keepdims=True)
+    n = x.shape[-1]
+    spectrum = np.fft.rfft(x, n=2 * n, axis=-1)
+    acov = np.fft.irfft(spectrum * np.conj(spectrum), axis=-1)[..., : max_lag + 1]
+    zero = acov[..., :1] <= 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(zero, 0.0, acov / np.where(zero, 1.0, acov[..., :1]))
 
 
-def dominant_period(x: np.ndarray) -> int:
-    """Lag of the highest autocorrelation peak beyond T/10 (falls back to T if none)."""
-    n = len(x)
+def dominant_period(x: np.ndarray) -> np.ndarray:
+    """Lag of the highest autocorrelation peak beyond T/10 of each row of x (..., T); T where there is none."""
+    n = x.shape[-1]
+    rows = np.reshape(x, (-1, n))
     if n < 4:
-        return n
-    acf = autocorrelation(x, n - 1)
+        return np.full(rows.shape[:1], n).reshape(x.shape[:-1])
     start = max(1, n // 10)
-    peaks, _ = signal.find_peaks(acf[start:])
-    if len(peaks) == 0:
-        return n
-    return int(start + peaks[np.argmax(acf[start:][peaks])])
+    acf = autocorrelation(rows, n - 1)[:, start:]
+    peaks = _peak_midpoints(acf)
+    score = np.where(peaks, acf, -np.inf)
+    best = np.argmax(score, axis=1)
+    found = peaks.any(axis=1)
+    return np.where(found, start + best, n).reshape(x.shape[:-1])
 
 
-def decorrelation_lag(x: np.ndarray) -> int | None:
-    """First lag where the autocorrelation drops below 1/e, or None."""
-    acf = autocorrelation(x, len(x) - 1)
-    below = np.nonzero(acf < np.exp(-1.0))[0]
-    return int(below[0]) if len(below) else None
+def _peak_midpoints(a: np.ndarray) -> np.ndarray:
+    """(R, M) bool: the local maxima of each row, as ``scipy.signal.find_peaks`` finds them.
 
-
-def embed(x: np.ndarray, method: str, dims: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """Embed a standardized series x (T, d) into ``dims`` model dims.
-
-    Returns the embedded context (T', dims), with T' <= T aligned to the end of x,
-    and a dict describing what was done (for ``get_fitted_params`` and logs).
+    A peak is a run of equal values with a smaller value on each side, neither end at the
+    row's border; a run longer than one is marked at its middle (rounded down).
     """
-    t, d = x.shape
+    rows, m = a.shape
+    peaks = np.zeros((rows, m), dtype=bool)
+    if m < 3:
+        return peaks
+    position = np.arange(m)
+    starts = np.ones((rows, m), dtype=bool)
+    starts[:, 1:] = a[:, 1:] != a[:, :-1]
+    ends = np.ones((rows, m), dtype=bool)
+    ends[:, :-1] = starts[:, 1:]
+    run_start = np.maximum.accumulate(np.where(starts, position, 0), axis=1)
+    run_end = np.minimum.accumulate(np.where(ends, position, m - 1)[:, ::-1], axis=1)[:, ::-1]
+    before = np.take_along_axis(a, np.maximum(run_start - 1, 0), axis=1)
+    after = np.take_along_axis(a, np.minimum(run_end + 1, m - 1), axis=1)
+    peak_run = starts & (run_start >= 1) & (run_end <= m - 2) & (before < a) & (after < a)
+    r, left = np.nonzero(peak_run)
+    peaks[r, (left + run_end[r, left]) // 2] = True
+    return peaks
+
+
+def decorrelation_lag(x: np.ndarray) -> np.ndarray:
+    """First lag where the autocorrelation of each row of x (R, T) drops below 1/e; -1 where it never does."""
+    below = autocorrelation(x, x.shape[-1] - 1) < np.exp(-1.0)
+    return np.where(below.any(axis=1), np.argmax(below, axis=1), -1)
+
+
+def random_lags(entropy: int, keys, count: int) -> np.ndarray:
+    """(U, count) lags in RANDOM_LAG_RANGE for units with content ``keys`` (U,): a pure function of seed and key.
+
+    Counter-based (splitmix64 of the seed, the key and the lag's number), so a unit draws
+    the same lags alone or in any batch, with no generator object per unit.
+    """
+    seed = np.zeros(1, dtype=np.uint64)
+    remaining = int(entropy)
+    while True:  # fold an entropy of any size (SeedSequence gives 128 bits) into 64
+        seed = _mix64(seed ^ np.uint64(remaining & MASK64))
+        remaining >>= 64
+        if not remaining:
+            break
+    units = _mix64(seed ^ np.asarray(keys, dtype=np.uint64).reshape(-1))  # (U,)
+    bits = _mix64(units[:, None] + np.arange(1, count + 1, dtype=np.uint64)[None, :])
+    low, high = RANDOM_LAG_RANGE
+    return low + (bits % np.uint64(high - low + 1)).astype(np.int64)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer on uint64 (wrapping arithmetic)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(MIX64_1)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(MIX64_2)
+    return x ^ (x >> np.uint64(31))
+
+
+def embed(x: np.ndarray, method: str, dims: int, lags: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Embed standardized rows x (R, T, d) into ``dims`` model dims.
+
+    Returns frames (R, T, dims) and the first valid frame of each row (R,): a delay
+    embedding loses its largest lag at the start, so row r's context is
+    ``frames[r, first[r]:]``, aligned to the end of x; frames before it are undefined.
+    ``lags`` (R, dims - d) are the delays of "delay_embedding_random" (``random_lags``).
+    """
+    rows, t, d = x.shape
     needed = dims - d
+    first = np.zeros(rows, dtype=np.int64)
     if needed <= 0:
-        return x, {"embedding": "none"}
+        return x, first
     if method == "zero_embedding":
-        return np.concatenate([x, np.zeros((t, needed))], axis=1), {"embedding": method}
+        return np.concatenate([x, np.zeros((rows, t, needed))], axis=2), first
     if method == "pos_embedding":
-        period = dominant_period(x[:, -1])
+        period = dominant_period(x[:, :, -1])
+        # One set of waves per distinct period: many rows share a period, and sin is costly.
+        periods, which = np.unique(period, return_inverse=True)
         phases = np.linspace(0.0, np.pi / 2, needed) if needed > 1 else np.zeros(1)
-        steps = np.arange(t)[:, None]
-        waves = np.sin(2 * np.pi * steps / period + phases[None, :])
-        return np.concatenate([x, waves], axis=1), {"embedding": method, "period": period}
+        steps = np.arange(t)[None, :, None]
+        waves = np.sin(2 * np.pi * steps / periods[:, None, None] + phases[None, None, :])
+        return np.concatenate([x, waves[which.reshape(-1)]], axis=2), first
     if method == "delay_embedding":
-        lag = decorrelation_lag(x[:, -1])
+        lag = decorrelation_lag(x[:, :, -1])
         shortest = t // (needed + 1)
         # Keep two frames at least (attention needs a key frame besides the last one), and a real delay.
-        if lag is None or lag < 1 or t - needed * lag < max(shortest, 2):
-            lag = max(1, shortest)
-        lags = [lag * (i + 1) for i in range(needed)]
-        source = x[:, -1]
+        fallback = (lag < 1) | (t - needed * lag < max(shortest, 2))
+        lag = np.where(fallback, max(1, shortest), lag)
+        lags = lag[:, None] * np.arange(1, needed + 1)[None, :]
+        source = x[:, :, -1]
     else:
-        low, high = RANDOM_LAG_RANGE
-        lags = [int(v) for v in rng.integers(low, high + 1, size=needed)]
-        source = x[:, 0]
-    start = max(lags)
-    delayed = [source[start - lag : t - lag] for lag in lags]
-    embedded = np.column_stack([x[start:], *delayed])
-    return embedded, {"embedding": method, "lags": lags}
-
-
-@dataclass(frozen=True)
-class TrendTransform:
-    """Box-Cox (after a shift to positive values) and a power-law trend, for one 1-D series.
-
-    Forward: y = boxcox(x - shift, lam) - trend(t), with trend(t) = a + b * t**c over
-    t = 1..T. Inverse extrapolates the trend to t = T+1..T+H.
-    """
-
-    shift: float
-    lam: float
-    coef: tuple[float, float, float]
-    length: int
-
-    @classmethod
-    def fit(cls, x: np.ndarray) -> TrendTransform:
-        """Fit to a 1-D series; the same values always give the same transform (cached)."""
-        # Auto validation (selection.py) fits each window once per embedding: a cache makes that one fit.
-        return _cached_trend(np.ascontiguousarray(x, dtype=np.float64).tobytes())
-
-    @classmethod
-    def _fit(cls, x: np.ndarray) -> TrendTransform:
-        # At least a billionth of the magnitude: below that, "shift below the minimum" can round to the minimum
-        # itself (a column near -1e6 varying by 1e-10), and Box-Cox then meets a zero.
-        spread = max(float(np.ptp(x)), 1e-12, 1e-9 * float(np.abs(x).max()))
-        shift = float(x.min()) - 0.1 * spread
-        positive = x - shift
-        if np.ptp(positive) <= 1e-12 * spread:
-            lam = 1.0
-            transformed = positive - 1.0
-        else:
-            transformed, lam = stats.boxcox(positive)
-        t = np.arange(1, len(x) + 1, dtype=float)
-        coef = _fit_power_trend(t, transformed)
-        return cls(shift, float(lam), coef, len(x))
-
-    def trend(self, t: np.ndarray) -> np.ndarray:
-        a, b, c = self.coef
-        return a + b * t**c
-
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        t = np.arange(1, len(x) + 1, dtype=float)
-        return special.boxcox(x - self.shift, self.lam) - self.trend(t)
-
-    def inverse(self, y: np.ndarray) -> np.ndarray:
-        """y (H, ...) continues the transformed series after its last point."""
-        t = np.arange(self.length + 1, self.length + 1 + len(y), dtype=float)
-        level = y + self.trend(t).reshape((-1,) + (1,) * (y.ndim - 1))
-        if self.lam != 0:
-            # inv_boxcox needs lam * level + 1 > 0; stay just inside that bound.
-            limit = -(1.0 - 1e-9) / self.lam
-            level = np.maximum(level, limit) if self.lam > 0 else np.minimum(level, limit)
-        return special.inv_boxcox(level, self.lam) + self.shift
-
-
-@functools.lru_cache(maxsize=256)
-def _cached_trend(values: bytes) -> TrendTransform:
-    return TrendTransform._fit(np.frombuffer(values))
-
-
-def _fit_power_trend(t: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    slope, intercept = np.polyfit(t, y, 1)
-    try:
-        with np.errstate(all="ignore"):
-            coef, _ = optimize.curve_fit(
-                lambda tt, a, b, c: a + b * tt**c,
-                t,
-                y,
-                p0=(intercept, slope, 1.0),
-                bounds=([-np.inf, -np.inf, 0.05], [np.inf, np.inf, 3.0]),
-                maxfev=2000,
-            )
-        if np.all(np.isfinite(coef)):
-            return float(coef[0]), float(coef[1]), float(coef[2])
-    except (RuntimeError, ValueError, optimize.OptimizeWarning):
-        pass
-    return float(intercept), float(slope), 1.0
+        source = x[:, :, 0]
+    first = lags.max(axis=1)
+    index = np.maximum(np.arange(t)[None, :, None] - lags[:, None, :], 0)  # (R, T, needed)
+    delayed = np.take_along_axis(source[:, :, None], index.reshape(rows, -1, 1), axis=1).reshape(rows, t, needed)
+    return np.concatenate([x, delayed], axis=2), first
