@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..noise import content_key
-from .preprocessing import Scaler, embed, random_lags
+from .preprocessing import Scaler, autocorrelation, embedding_columns, random_lags
 from .trend import TrendFit
 
 
@@ -102,21 +102,24 @@ class BatchEncoding:
         if starts is not None:
             given = (starts - mean[level_of_job, : starts.shape[1]]) / std[level_of_job, : starts.shape[1]]
             starts = given.reshape(-1, 1) if split else given
-        pieces = []  # (units, frames (n, T, N), first valid frame (n,))
-        for length in scaled_groups:
-            for method in np.unique(methods):  # a few embeddings
-                jobs = np.nonzero((group_of_level[level_of_job] == length) & (methods == method))[0]
-                if not len(jobs):
-                    continue
-                rows = scaled_groups[length][row_of_level[level_of_job[jobs]]]  # (n, T, D)
-                units = jobs
-                if split:
-                    rows = rows.transpose(0, 2, 1).reshape(-1, length, 1)
-                    units = (jobs[:, None] * dims + np.arange(dims)).reshape(-1)
-                needed = model_dims - rows.shape[2]
-                lags = random_lags(entropy, key_array[units], needed) if needed > 0 else None
-                frames, first = embed(rows, method, model_dims, lags)
-                pieces.append((units, frames, first))
+        pieces = []  # (units, their scaled rows (n, T, d), embedding columns (n, T, N - d), first valid frame (n,))
+        for length, scaled in scaled_groups.items():
+            in_group = group_of_level[level_of_job] == length
+            if split:
+                scaled = scaled.transpose(0, 2, 1).reshape(-1, length, 1)  # one univariate row per dim
+            # pos_embedding and delay_embedding read the same autocorrelation: computed once per row that needs it.
+            acf = np.empty(scaled.shape[:2])
+            reads = in_group & np.isin(methods, ("pos_embedding", "delay_embedding"))
+            needed_rows = np.unique(_rows(row_of_level[level_of_job[reads]], dims, split))
+            acf[needed_rows] = autocorrelation(scaled[needed_rows, :, -1], length - 1)
+            for method in np.unique(methods[in_group]):  # a few embeddings
+                jobs = np.nonzero(in_group & (methods == method))[0]
+                rows = _rows(row_of_level[level_of_job[jobs]], dims, split)
+                units = _rows(jobs, dims, split)
+                needed = model_dims - scaled.shape[2]
+                lags = random_lags(entropy, key_array[units], needed) if method == "delay_embedding_random" else None
+                columns, first = embedding_columns(scaled[rows], method, model_dims, lags, acf[rows])
+                pieces.append((units, scaled[rows], columns, first))
         context, valid_from = _left_pad(pieces, len(job_of_unit), model_dims)
         unit_starts = _complete_starts(context, valid_from, starts)
         trend = None
@@ -165,15 +168,24 @@ def _unit_keys(series: list[np.ndarray], source: np.ndarray, split: bool) -> lis
     return [keys[s] for s in source.tolist()]
 
 
+def _rows(index: np.ndarray, dims: int, split: bool) -> np.ndarray:
+    """Indices of series (or jobs) -> of their rows: themselves, or one per dim when split."""
+    return (index[:, None] * dims + np.arange(dims)).reshape(-1) if split else index
+
+
 def _left_pad(pieces, n_units: int, model_dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """Place each group's frames (n, T, N) at the end of one (U, L, N) array, zeros before each unit's first frame."""
-    width = max(frames.shape[1] - first.min() for _, frames, first in pieces)
+    """Write each group's rows and embedding columns at the end of one (U, L, N) array.
+
+    Frames before a unit's first valid frame are zeros.
+    """
+    width = max(rows.shape[1] - first.min() for _, rows, _, first in pieces)
     context = np.zeros((n_units, width, model_dims))
     valid_from = np.empty(n_units, dtype=np.int64)
-    for units, frames, first in pieces:
-        length = frames.shape[1]
-        kept = frames[:, max(0, length - width) :]
-        context[units, width - kept.shape[1] :] = kept
+    for units, rows, columns, first in pieces:
+        length, dims = rows.shape[1:]
+        skipped = max(0, length - width)  # frames before every unit's first: never valid
+        context[units, width - length + skipped :, :dims] = rows[:, skipped:]
+        context[units, width - length + skipped :, dims:] = columns[:, skipped:]
         valid_from[units] = width - (length - first)
     context[np.arange(width)[None, :] < valid_from[:, None]] = 0.0
     return context, valid_from

@@ -75,19 +75,20 @@ def autocorrelation(x: np.ndarray, max_lag: int) -> np.ndarray:
         return np.where(zero, 0.0, acov / np.where(zero, 1.0, acov[..., :1]))
 
 
-def dominant_period(x: np.ndarray) -> np.ndarray:
-    """Lag of the highest autocorrelation peak beyond T/10 of each row of x (..., T); T where there is none."""
+def dominant_period(x: np.ndarray, acf: np.ndarray | None = None) -> np.ndarray:
+    """Lag of the highest autocorrelation peak beyond T/10 of each row of x (..., T); T where there is none.
+
+    ``acf`` (R, T) is the rows' ``autocorrelation`` at every lag, when already computed.
+    """
     n = x.shape[-1]
     rows = np.reshape(x, (-1, n))
     if n < 4:
         return np.full(rows.shape[:1], n).reshape(x.shape[:-1])
     start = max(1, n // 10)
-    acf = autocorrelation(rows, n - 1)[:, start:]
+    acf = (autocorrelation(rows, n - 1) if acf is None else acf)[:, start:]
     peaks = _peak_midpoints(acf)
-    score = np.where(peaks, acf, -np.inf)
-    best = np.argmax(score, axis=1)
-    found = peaks.any(axis=1)
-    return np.where(found, start + best, n).reshape(x.shape[:-1])
+    best = np.argmax(np.where(peaks, acf, -np.inf), axis=1)
+    return np.where(peaks.any(axis=1), start + best, n).reshape(x.shape[:-1])
 
 
 def _peak_midpoints(a: np.ndarray) -> np.ndarray:
@@ -115,9 +116,9 @@ def _peak_midpoints(a: np.ndarray) -> np.ndarray:
     return peaks
 
 
-def decorrelation_lag(x: np.ndarray) -> np.ndarray:
+def decorrelation_lag(x: np.ndarray, acf: np.ndarray | None = None) -> np.ndarray:
     """First lag where the autocorrelation of each row of x (R, T) drops below 1/e; -1 where it never does."""
-    below = autocorrelation(x, x.shape[-1] - 1) < np.exp(-1.0)
+    below = (autocorrelation(x, x.shape[-1] - 1) if acf is None else acf) < np.exp(-1.0)
     return np.where(below.any(axis=1), np.argmax(below, axis=1), -1)
 
 
@@ -149,31 +150,33 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def embed(x: np.ndarray, method: str, dims: int, lags: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Embed standardized rows x (R, T, d) into ``dims`` model dims.
+def embedding_columns(
+    x: np.ndarray, method: str, dims: int, lags: np.ndarray | None = None, acf: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The columns that embed standardized rows x (R, T, d) into ``dims`` model dims.
 
-    Returns frames (R, T, dims) and the first valid frame of each row (R,): a delay
-    embedding loses its largest lag at the start, so row r's context is
-    ``frames[r, first[r]:]``, aligned to the end of x; frames before it are undefined.
-    ``lags`` (R, dims - d) are the delays of "delay_embedding_random" (``random_lags``).
+    Returns columns (R, T, dims - d), so that a row's embedded context is
+    ``concatenate([x, columns], axis=2)[r, first[r]:]``, aligned to the end of x, and the
+    first valid frame of each row (R,): a delay embedding loses its largest lag at the
+    start; frames before it are undefined. ``lags`` (R, dims - d) are the delays of
+    "delay_embedding_random" (``random_lags``); ``acf`` (R, T) the autocorrelation of each
+    row's last dim, when already computed.
     """
     rows, t, d = x.shape
-    needed = dims - d
+    needed = max(dims - d, 0)
     first = np.zeros(rows, dtype=np.int64)
-    if needed <= 0:
-        return x, first
-    if method == "zero_embedding":
-        return np.concatenate([x, np.zeros((rows, t, needed))], axis=2), first
+    if needed == 0 or method == "zero_embedding":
+        return np.zeros((rows, t, needed)), first
     if method == "pos_embedding":
-        period = dominant_period(x[:, :, -1])
+        period = dominant_period(x[:, :, -1], acf)
         # One set of waves per distinct period: many rows share a period, and sin is costly.
         periods, which = np.unique(period, return_inverse=True)
         phases = np.linspace(0.0, np.pi / 2, needed) if needed > 1 else np.zeros(1)
         steps = np.arange(t)[None, :, None]
         waves = np.sin(2 * np.pi * steps / periods[:, None, None] + phases[None, None, :])
-        return np.concatenate([x, waves[which.reshape(-1)]], axis=2), first
+        return waves[which.reshape(-1)], first
     if method == "delay_embedding":
-        lag = decorrelation_lag(x[:, :, -1])
+        lag = decorrelation_lag(x[:, :, -1], acf)
         shortest = t // (needed + 1)
         # Keep two frames at least (attention needs a key frame besides the last one), and a real delay.
         fallback = (lag < 1) | (t - needed * lag < max(shortest, 2))
@@ -182,7 +185,6 @@ def embed(x: np.ndarray, method: str, dims: int, lags: np.ndarray | None = None)
         source = x[:, :, -1]
     else:
         source = x[:, :, 0]
-    first = lags.max(axis=1)
     index = np.maximum(np.arange(t)[None, :, None] - lags[:, None, :], 0)  # (R, T, needed)
-    delayed = np.take_along_axis(source[:, :, None], index.reshape(rows, -1, 1), axis=1).reshape(rows, t, needed)
-    return np.concatenate([x, delayed], axis=2), first
+    delayed = np.take_along_axis(source, index.reshape(rows, -1), axis=1).reshape(rows, t, needed)
+    return delayed, lags.max(axis=1)
