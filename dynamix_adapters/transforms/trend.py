@@ -11,8 +11,8 @@ passes per row, with no optimizer:
 - ``c`` minimizes the squared error over a log-spaced grid of ``TREND_POWERS`` powers in
   ``POWER_RANGE`` (the bounds the earlier ``curve_fit`` had); at each power (a, b) is
   ordinary least squares in closed form, so the whole grid is one matrix product with
-  basis functions shared by every row of the same length. A parabola through the best
-  grid point refines c, kept only when it fits better.
+  basis functions shared by every row of the same length. Parabolas refine c as they do
+  lam; the best grid point stays when the refinement fits worse.
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ import numpy as np
 # scipy's Box-Cox MLE is unbounded; on these shifted series (values spanning a factor of 11)
 # the optimum lies well inside this range, and a bound keeps the inverse representable.
 LAMBDA_RANGE = (-4.0, 6.0)
-LAMBDA_STEP = 0.25
+LAMBDA_STEP = 0.5
+LAMBDA_FINE = 0.05
 POWER_RANGE = (0.05, 3.0)
 TREND_POWERS = 48
+POWER_FINE = 0.005
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,8 @@ class TrendFit:
         flat = np.ptp(positive, axis=1) <= 1e-12 * spread
         lam = np.where(flat, 1.0, _boxcox_lambda(positive))
         transformed = boxcox(positive, lam[:, None])
-        a, b, c = _power_trend(transformed)
-        fit = cls(shift, lam, a, b, c, np.full(rows, length))
-        return fit, transformed - fit.trend(np.arange(1, length + 1, dtype=float)[None, :])
+        a, b, c, detrended = _power_trend(transformed)
+        return cls(shift, lam, a, b, c, np.full(rows, length)), detrended
 
     @classmethod
     def concatenate(cls, fits: list[TrendFit]) -> TrendFit:
@@ -95,48 +96,72 @@ def _boxcox_lambda(positive: np.ndarray) -> np.ndarray:
     """(R,) maximizers of the Box-Cox profile log-likelihood of each row of positive (R, T)."""
     logs = np.log(positive)
     centered = logs - logs.mean(axis=1, keepdims=True)  # scaling x leaves the maximizer unchanged
+    log_variance = np.log(np.square(centered).mean(axis=1))  # the limit at lam = 0
     grid = np.arange(LAMBDA_RANGE[0], LAMBDA_RANGE[1] + LAMBDA_STEP / 2, LAMBDA_STEP)
-    # float32 is ample to locate the maximum, and halves the cost of every grid point.
-    base = np.exp(LAMBDA_STEP * centered).astype(np.float32)
-    power = np.exp(grid[0] * centered).astype(np.float32)
-    squared = np.empty_like(power)
-    ones = np.ones(positive.shape[1], dtype=np.float32) / positive.shape[1]
-    # -T/2 log var(boxcox(x, lam)) + (lam - 1) sum(log x); the second term drops out after centering.
+    base = np.exp(LAMBDA_STEP * centered)
+    power = np.exp(grid[0] * centered)
+    squares = np.empty_like(power)
     loglik = np.empty((len(grid), len(positive)))
-    for g, lam in enumerate(grid):  # a few dozen grid points, each a multiply and two sums over every row
-        if abs(lam) < LAMBDA_STEP / 2:
-            variance = centered.var(axis=1)
-        else:
-            mean = power @ ones
-            variance = (np.multiply(power, power, out=squared) @ ones - mean.astype(np.float64) ** 2) / lam**2
-        with np.errstate(divide="ignore", invalid="ignore"):
-            loglik[g] = -np.log(variance)
+    for g, lam in enumerate(grid):  # a couple dozen grid points, each a multiply and two sums over every row
+        loglik[g] = _profile_loglik(power, np.full(len(positive), lam), log_variance, squares)
         power *= base
-    return _refine(grid, np.where(np.isnan(loglik), -np.inf, loglik))
+    coarse = _refine(grid, loglik)
+    # A parabola over the coarse grid is off by up to ~0.01; one more through exact values LAMBDA_FINE apart is not.
+    power = np.exp(coarse[:, None] * centered)
+    step = np.exp(LAMBDA_FINE * centered)
+    near = [
+        _profile_loglik(power / step, coarse - LAMBDA_FINE, log_variance, squares),
+        _profile_loglik(power, coarse, log_variance, squares),
+        _profile_loglik(power * step, coarse + LAMBDA_FINE, log_variance, squares),
+    ]
+    return _refine_around(coarse, LAMBDA_FINE, np.stack(near))
 
 
-def _power_trend(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(a, b, c) per row of y (R, T): least squares a + b * t**c, c in POWER_RANGE."""
+def _profile_loglik(power: np.ndarray, lam: np.ndarray, log_variance: np.ndarray, squares: np.ndarray) -> np.ndarray:
+    """-log var(boxcox(x, lam)) per row from power = exp(lam * centered log x): the Box-Cox profile
+    log-likelihood over T/2, less terms that do not depend on lam once log x is centered."""
+    length = power.shape[1]
+    # Row sums along the contiguous axis: each row's value never depends on the other rows.
+    mean = power.sum(axis=1) / length
+    variance = np.multiply(power, power, out=squares).sum(axis=1) / length - mean**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loglik = np.where(np.abs(lam) < 1e-6, -log_variance, 2 * np.log(np.abs(lam)) - np.log(variance))
+    return np.nan_to_num(loglik, nan=-np.inf)
+
+
+def _power_trend(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, c) per row of y (R, T), least squares a + b * t**c with c in POWER_RANGE, and the residuals (R, T)."""
     length = y.shape[1]
-    powers, basis, basis_mean, basis_var = _power_basis(length)
-    mean = y.mean(axis=1)
-    centered = y - mean[:, None]
-    covariance = centered @ basis / length  # (R, G): the whole grid in one product
-    explained = covariance**2 / basis_var  # residual variance = var(y) - explained
+    powers, basis, _, basis_var = _power_basis(length)
+    centered = y - y.mean(axis=1, keepdims=True)
+    explained = (centered @ basis / length) ** 2 / basis_var  # (R, G): var(y) less the residual variance
+    log_t = np.log(np.arange(1, length + 1, dtype=float))
+    coarse = np.exp(_refine(np.log(powers), explained.T))
+    # As for lam: a parabola over the coarse grid, then one through exact values POWER_FINE apart
+    # (t**(c +- step) = t**c * t**(+-step), so those cost a multiply by a vector every row shares).
+    power = np.exp(coarse[:, None] * log_t)
+    step = np.exp(POWER_FINE * log_t)
+    near = [_least_squares(centered, p)[0] for p in (power / step, power, power * step)]
+    c = np.clip(_refine_around(coarse, POWER_FINE, np.stack(near)), *POWER_RANGE)
     best = np.argmax(explained, axis=1)
-    rows = np.arange(len(y))
-    c = np.exp(_refine(np.log(powers), explained.T))
-    t = np.log(np.arange(1, length + 1, dtype=float))
-    refined = np.exp(c[:, None] * t[None, :])
-    refined_mean = refined.mean(axis=1)
-    refined_centered = refined - refined_mean[:, None]
-    refined_var = (refined_centered**2).mean(axis=1)
-    refined_cov = (centered * refined_centered).mean(axis=1)
-    better = refined_cov**2 / refined_var >= explained[rows, best]
-    c = np.where(better, c, powers[best])
-    slope = np.where(better, refined_cov / refined_var, covariance[rows, best] / basis_var[best])
-    intercept = mean - slope * np.where(better, refined_mean, basis_mean[best])
-    return intercept, slope, c
+    # A refinement that fits worse than the best grid point keeps that point (a flat or boundary optimum).
+    power = np.exp(c[:, None] * log_t)
+    fit, slope, basis_mean = _least_squares(centered, power)
+    worse = fit < explained[np.arange(len(y)), best]
+    c[worse] = powers[best[worse]]
+    power[worse] = np.exp(c[worse, None] * log_t)
+    fit, slope, basis_mean = _least_squares(centered, power)
+    intercept = y.mean(axis=1) - slope * basis_mean
+    return intercept, slope, c, y - intercept[:, None] - slope[:, None] * power
+
+
+def _least_squares(centered: np.ndarray, power: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Explained variance and slope of centered (R, T) regressed on power (R, T) with an intercept, and power's mean."""
+    mean = power.mean(axis=1)
+    basis = power - mean[:, None]
+    variance = np.square(basis).mean(axis=1)
+    slope = (centered * basis).mean(axis=1) / variance
+    return slope**2 * variance, slope, mean
 
 
 @functools.lru_cache(maxsize=64)
@@ -154,10 +179,16 @@ def _refine(grid: np.ndarray, score: np.ndarray) -> np.ndarray:
     best = np.argmax(score, axis=0)
     middle = np.clip(best, 1, len(grid) - 2)
     rows = np.arange(score.shape[1])
-    left, centre, right = score[middle - 1, rows], score[middle, rows], score[middle + 1, rows]
-    curvature = left - 2 * centre + right
-    with np.errstate(divide="ignore", invalid="ignore"):
+    around = np.stack([score[middle - 1, rows], score[middle, rows], score[middle + 1, rows]])
+    refined = _refine_around(grid[middle], grid[1] - grid[0], around)
+    return np.where(best == middle, refined, grid[best])
+
+
+def _refine_around(centre: np.ndarray, step: float, score: np.ndarray) -> np.ndarray:
+    """The vertex of the parabola through score (3, R) at centre - step, centre, centre + step, within that span."""
+    left, middle, right = score
+    with np.errstate(all="ignore"):  # -inf scores (a flat row) leave the centre as it is
+        curvature = left - 2 * middle + right
         offset = np.clip(0.5 * (left - right) / curvature, -1.0, 1.0)
-    interior = (best == middle) & (curvature < 0) & np.isfinite(offset)
-    step = grid[1] - grid[0]
-    return np.where(interior, grid[middle] + np.where(interior, offset, 0.0) * step, grid[best])
+    usable = (curvature < 0) & np.isfinite(offset)
+    return centre + np.where(usable, offset, 0.0) * step
