@@ -57,6 +57,7 @@ NONSTATIONARY_MARGIN = 0.25
 # with how far it reaches (sktime's fh subsets, backtests). Capped for cost; past the validation
 # horizon the calibrated spread extrapolates (calibration.py).
 MAX_VALIDATION_STEPS = 16
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -176,14 +177,15 @@ def _score_jobs(pipeline, series, entropy, windows, jobs, pairs, out) -> None:
     )
     # A job whose context or start leaves float32 (a blown-up non-stationary transform) is disqualified;
     # its units roll out from zeros, and their noise, keyed by content, leaves every other unit's as it was.
-    with np.errstate(over="ignore", invalid="ignore"):
-        unit_ok = np.isfinite(encoding.context.astype(np.float32)).all(axis=(1, 2))
-        unit_ok &= np.isfinite(encoding.starts.astype(np.float32)).all(axis=1)
-    encoding = replace(
-        encoding,
-        context=np.where(unit_ok[:, None, None], encoding.context, 0.0),
-        starts=np.where(unit_ok[:, None], encoding.starts, 0.0),
-    )
+    with np.errstate(invalid="ignore"):  # NaN compares False: not representable either
+        unit_ok = np.abs(encoding.context).max(axis=(1, 2)) <= FLOAT32_MAX
+        unit_ok &= np.abs(encoding.starts).max(axis=1) <= FLOAT32_MAX
+    if not unit_ok.all():
+        encoding = replace(
+            encoding,
+            context=np.where(unit_ok[:, None, None], encoding.context, 0.0),
+            starts=np.where(unit_ok[:, None], encoding.starts, 0.0),
+        )
     job_series, job_k = owner[job_window].tolist(), window[job_window].tolist()
     labels = [f"validation ({s}, {c}, {k})" for s, c, k in zip(job_series, job_pair.tolist(), job_k, strict=True)]
     batch = pipeline._batch(encoding, labels, VALIDATION_PATHS, entropy)
