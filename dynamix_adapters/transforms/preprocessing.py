@@ -101,6 +101,17 @@ def _peak_midpoints(a: np.ndarray) -> np.ndarray:
     peaks = np.zeros((rows, m), dtype=bool)
     if m < 3:
         return peaks
+    peaks[:, 1:-1] = (a[:, :-2] < a[:, 1:-1]) & (a[:, 1:-1] > a[:, 2:])
+    ties = (a[:, 1:] == a[:, :-1]).any(axis=1)
+    if ties.any():  # rare in an autocorrelation: only rows with equal neighbours need the run bookkeeping
+        peaks[ties] = _plateau_peaks(a[ties])
+    return peaks
+
+
+def _plateau_peaks(a: np.ndarray) -> np.ndarray:
+    """``_peak_midpoints`` for rows that may hold runs of equal values."""
+    rows, m = a.shape
+    peaks = np.zeros((rows, m), dtype=bool)
     position = np.arange(m)
     starts = np.ones((rows, m), dtype=bool)
     starts[:, 1:] = a[:, 1:] != a[:, :-1]

@@ -54,9 +54,11 @@ class TrendFit:
         shift = x.min(axis=1) - 0.1 * spread
         positive = x - shift[:, None]
         flat = np.ptp(positive, axis=1) <= 1e-12 * spread
-        lam = np.where(flat, 1.0, _boxcox_lambda(positive))
-        transformed = boxcox(positive, lam[:, None])
-        a, b, c, detrended = _power_trend(transformed)
+        # Rows that overflow (values near 1e300) yield non-finite fits: the caller checks the result's range.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            lam = np.where(flat, 1.0, _boxcox_lambda(positive))
+            transformed = boxcox(positive, lam[:, None])
+            a, b, c, detrended = _power_trend(transformed)
         return cls(shift, lam, a, b, c, np.full(rows, length)), detrended
 
     @classmethod
