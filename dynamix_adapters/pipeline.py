@@ -281,8 +281,8 @@ class DynaMixPipeline:
         dims = encoding.mean.shape[1]
         unit_labels = [f"{label} (dim {d})" for label in labels for d in range(dims)] if encoding.split else labels
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported just below
-            context = encoding.context.astype(np.float32)
             starts = encoding.starts.astype(np.float32)
+        context = encoding.context  # float32 already
         self._raise_if_unrepresentable(context, starts, unit_labels)
         streams = [np.random.default_rng([entropy, key, path + 1]) for path in range(n_paths) for key in encoding.keys]
         units = len(encoding.keys)

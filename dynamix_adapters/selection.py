@@ -178,8 +178,7 @@ def _score_jobs(pipeline, series, entropy, windows, jobs, pairs, out) -> None:
     # A job whose context or start leaves float32 (a blown-up non-stationary transform) is disqualified;
     # its units roll out from zeros, and their noise, keyed by content, leaves every other unit's as it was.
     with np.errstate(invalid="ignore"):  # NaN compares False: not representable either
-        unit_ok = np.abs(encoding.context).max(axis=(1, 2)) <= FLOAT32_MAX
-        unit_ok &= np.abs(encoding.starts).max(axis=1) <= FLOAT32_MAX
+        unit_ok = np.isfinite(encoding.context).all(axis=(1, 2)) & (np.abs(encoding.starts).max(axis=1) <= FLOAT32_MAX)
     if not unit_ok.all():
         encoding = replace(
             encoding,

@@ -27,9 +27,9 @@ from .trend import TrendFit
 class BatchEncoding:
     """The transforms of J jobs, and the U rollout units they produced (one per job, or D when split)."""
 
-    context: np.ndarray  # (U, L, N) float64 embedded contexts, aligned to their end, zeros before valid_from
+    context: np.ndarray  # (U, L, N) float32 embedded contexts, aligned to their end, zeros before valid_from
     valid_from: np.ndarray  # (U,) index of each unit's first real frame
-    starts: np.ndarray  # (U, N) each unit's first observation
+    starts: np.ndarray  # (U, N) float64 each unit's first observation
     keys: tuple[int, ...]  # (U,) content key of the raw values a unit forecasts: seeds its random streams
     split: bool  # series with more dims than the model: one univariate unit per dim
     mean: np.ndarray  # (J, D) scaler, in the (possibly detrended) level space
@@ -120,8 +120,7 @@ class BatchEncoding:
                 lags = random_lags(entropy, key_array[units], needed) if method == "delay_embedding_random" else None
                 columns, first = embedding_columns(scaled[rows], method, model_dims, lags, acf[rows])
                 pieces.append((units, scaled[rows], columns, first))
-        context, valid_from = _left_pad(pieces, len(job_of_unit), model_dims)
-        unit_starts = _complete_starts(context, valid_from, starts)
+        context, valid_from, unit_starts = _left_pad(pieces, len(job_of_unit), model_dims, starts)
         trend = None
         if level_flag.any():
             every = TrendFit.concatenate(fits)
@@ -173,30 +172,33 @@ def _rows(index: np.ndarray, dims: int, split: bool) -> np.ndarray:
     return (index[:, None] * dims + np.arange(dims)).reshape(-1) if split else index
 
 
-def _left_pad(pieces, n_units: int, model_dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """Write each group's rows and embedding columns at the end of one (U, L, N) array.
+def _left_pad(pieces, n_units: int, model_dims: int, given: np.ndarray | None):
+    """Write each group's rows and embedding columns at the end of one (U, L, N) float32 array.
 
-    Frames before a unit's first valid frame are zeros.
+    Frames before a unit's first valid frame are zeros. Also returns each unit's first
+    valid frame (U,) and its first observation (U, N) in float64: its last frame, or
+    ``given`` (U, k) completed from the frame nearest to it.
     """
     width = max(rows.shape[1] - first.min() for _, rows, _, first in pieces)
-    context = np.zeros((n_units, width, model_dims))
+    context = np.zeros((n_units, width, model_dims), dtype=np.float32)  # the model computes in float32
     valid_from = np.empty(n_units, dtype=np.int64)
-    for units, rows, columns, first in pieces:
-        length, dims = rows.shape[1:]
-        skipped = max(0, length - width)  # frames before every unit's first: never valid
-        context[units, width - length + skipped :, :dims] = rows[:, skipped:]
-        context[units, width - length + skipped :, dims:] = columns[:, skipped:]
-        valid_from[units] = width - (length - first)
+    starts = np.empty((n_units, model_dims))
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: the pipeline names the series
+        for units, rows, columns, first in pieces:
+            length, dims = rows.shape[1:]
+            skipped = max(0, length - width)  # frames before every unit's first: never valid
+            context[units, width - length + skipped :, :dims] = rows[:, skipped:]
+            context[units, width - length + skipped :, dims:] = columns[:, skipped:]
+            valid_from[units] = width - (length - first)
+            frame = np.full(len(units), length - 1)
+            if given is not None:
+                k = given.shape[1]
+                distance = ((rows[:, :, :k] - given[units][:, None, :]) ** 2).sum(axis=2)  # (n, T)
+                distance[np.arange(length)[None, :] < first[:, None]] = np.inf
+                frame = np.argmin(distance, axis=1)
+            picked = np.arange(len(units))
+            starts[units] = np.concatenate([rows[picked, frame], columns[picked, frame]], axis=1)
+            if given is not None:
+                starts[units, :k] = given[units]
     context[np.arange(width)[None, :] < valid_from[:, None]] = 0.0
-    return context, valid_from
-
-
-def _complete_starts(context: np.ndarray, valid_from: np.ndarray, given: np.ndarray | None) -> np.ndarray:
-    """Each unit's first observation: its last frame, or ``given`` (U, k) completed from the nearest frame."""
-    if given is None:
-        return context[:, -1].copy()
-    k = given.shape[1]
-    distance = ((context[:, :, :k] - given[:, None, :]) ** 2).sum(axis=2)  # (U, L)
-    distance[np.arange(context.shape[1])[None, :] < valid_from[:, None]] = np.inf
-    nearest = context[np.arange(len(context)), np.argmin(distance, axis=1)]
-    return np.concatenate([given, nearest[:, k:]], axis=1)
+    return context, valid_from, starts
