@@ -218,3 +218,18 @@ def test_validation_of_a_panel_chooses_for_each_series_what_it_chooses_alone(tin
             k: v for k, v in record.items() if k != "validation_mase"
         }
         np.testing.assert_allclose(record["validation_mase"], alone["validation_mase"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("preprocessing", ["delay_embedding_random", "pos_embedding"])
+def test_a_nonstationary_forecast_is_the_same_alone_and_in_a_batch(tiny_model, preprocessing):
+    series = [x + np.linspace(0, 30, len(x))[:, None] for x in panel(2)]  # trending, mixed lengths
+    options = ForecastOptions(
+        preprocessing=preprocessing, nonstationary=True, random_state=1, n_samples=3, on_divergence="nan"
+    )
+    pipeline = DynaMixPipeline(tiny_model, options)
+    together = pipeline.sample_paths(series, 8)  # (P, H, S, D)
+    assert np.isfinite(together).all()
+    for s, x in enumerate(series):
+        alone = pipeline.sample_paths(x, 8)
+        scale = np.abs(x).max()
+        np.testing.assert_allclose(together[:, :, s], alone, rtol=1e-5, atol=1e-5 * scale)
