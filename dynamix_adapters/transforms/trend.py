@@ -138,7 +138,9 @@ def _power_trend(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     centered = y - y.mean(axis=1, keepdims=True)
     explained = (centered @ basis / length) ** 2 / basis_var  # (R, G): var(y) less the residual variance
     log_t = np.log(np.arange(1, length + 1, dtype=float))
-    coarse = np.exp(_refine(np.log(powers), explained.T))
+    # The matrix product may round differently in the last bit at another batch size: rounding the
+    # coarse estimate keeps that from reaching the result, so a row's fit never depends on its batch.
+    coarse = np.exp(np.round(_refine(np.log(powers), explained.T), 9))
     # As for lam: a parabola over the coarse grid, then one through exact values POWER_FINE apart
     # (t**(c +- step) = t**c * t**(+-step), so those cost a multiply by a vector every row shares).
     power = np.exp(coarse[:, None] * log_t)
