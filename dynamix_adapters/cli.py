@@ -186,14 +186,15 @@ def _forecast_command(args) -> int:
         random_state=args.seed,
     )
     context = data.to_numpy()
-    point = pipeline.predict(context, args.horizon)  # (H, D)
+    chosen = pipeline.choose_settings(context)
+    point = pipeline.predict(context, args.horizon, settings=chosen)  # (H, D)
     if "auto" in (args.preprocessing, args.nonstationary):
-        chosen = pipeline.selections[0].record()
+        record = chosen[0].record()
         print(
-            f"auto chose preprocessing={chosen['preprocessing']}, nonstationary={chosen['nonstationary']}",
+            f"auto chose preprocessing={record['preprocessing']}, nonstationary={record['nonstationary']}",
             file=sys.stderr,
         )
-    samples = pipeline.predict_samples(context, args.horizon) if args.samples > 0 else None  # (P, H, D)
+    samples = pipeline.predict_samples(context, args.horizon, settings=chosen) if args.samples > 0 else None
     result = pd.DataFrame(point, columns=data.columns, index=future_index(index, args.horizon))
     result.index.name = "time"
     if samples is not None:

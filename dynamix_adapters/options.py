@@ -107,7 +107,7 @@ OPTIONS_DOC = """\
         "delay_embedding", "pos_embedding" and "delay_embedding_random", and the one with
         the lowest validation MASE (mean absolute error over the mean one-step change) is
         kept; another must beat "delay_embedding" by 10% to replace it. A series with as
-        many dims as the model needs no embedding. The choice is reported (``DynaMixPipeline.selections``, sktime
+        many dims as the model needs no embedding. The choice is reported (``DynaMixPipeline.choose_settings``, sktime
         ``get_fitted_params()``, darts ``selections_``, the CLI's log).
     standardize : bool, default=True
         Z-score each series and dim over its context, and undo it on the forecast.

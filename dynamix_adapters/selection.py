@@ -30,6 +30,7 @@ import numpy as np
 
 from .calibration import Spread
 from .engine import diverged_steps, rollout
+from .noise import content_key
 from .options import AUTO, ForecastOptions
 from .transforms.encoding import BatchEncoding
 from .transforms.preprocessing import EMBEDDINGS, min_context_length
@@ -76,15 +77,41 @@ class Selection:
     validation_horizon: int = 0
     errors: dict[str, float] = field(default_factory=dict)
     spread: Spread | None = None
+    key: int | None = None  # content key of the context it was chosen on; None for explicit options
+    dims: tuple[Selection, ...] = ()  # a series forecast dim by dim: each dim's own Selection
+
+    @classmethod
+    def per_dim(cls, dims: list[Selection]) -> Selection:
+        """A series with more dims than the model, each dim forecast (and chosen for) as its own series."""
+        preprocessing, nonstationary = _common([d.preprocessing for d in dims]), any(d.nonstationary for d in dims)
+        return cls(preprocessing, nonstationary, _common([d.embedding for d in dims]), dims=tuple(dims))
 
     def record(self) -> dict:
-        """The choice as plain data, for logs, tables and ``get_fitted_params``."""
+        """The choice as plain data, for logs, tables and ``get_fitted_params``.
+
+        A series forecast dim by dim says "per dim" where its dims chose differently, and
+        lists each dim's record under ``"dims"``.
+        """
+        if self.dims:
+            records = [d.record() for d in self.dims]
+            return {
+                "preprocessing": _common([r["preprocessing"] for r in records]),
+                "nonstationary": _common([r["nonstationary"] for r in records]),
+                "validation_windows": min(r["validation_windows"] for r in records),
+                "validation_mase": float(np.mean([r["validation_mase"] for r in records])),
+                "dims": records,
+            }
         return {
             "preprocessing": self.embedding,
             "nonstationary": self.nonstationary,
             "validation_windows": self.windows,
             "validation_mase": self.errors.get(_label(self.preprocessing, self.nonstationary), np.nan),
         }
+
+
+def _common(values: list):
+    """The value all entries share, else "per dim"."""
+    return values[0] if all(v == values[0] for v in values) else "per dim"
 
 
 def candidates(options: ForecastOptions, dims: int, model_dims: int, stationary_only: bool) -> list[tuple[str, bool]]:
@@ -110,7 +137,9 @@ def select(pipeline, series: list[np.ndarray], entropy: int, stationary_only: bo
     pairs = candidates(options, dims, model_dims, stationary_only)
     plans = [_plan(x, pairs, model_dims) for x in series]
     errors = _validate(pipeline, series, plans, entropy)
-    return [_choose(plan, error, embedding) for plan, error in zip(plans, errors, strict=True)]
+    return [
+        _choose(plan, error, embedding, content_key(x)) for x, plan, error in zip(series, plans, errors, strict=True)
+    ]
 
 
 @dataclass(frozen=True)
@@ -191,8 +220,7 @@ def _score_jobs(pipeline, series, entropy, windows, jobs, pairs, out) -> None:
     length = int(steps.max())
     observed = rollout(pipeline.model, batch, length, pipeline.backend)  # (L, P*U, N)
     unit_ok &= ~(diverged_steps(observed, batch) >= 0).reshape(VALIDATION_PATHS, -1).any(axis=0)
-    job_ok = np.ones(len(job_window), dtype=bool)
-    job_ok[encoding.job_of_unit[~unit_ok]] = False
+    job_ok = unit_ok  # one unit per job
     with np.errstate(all="ignore"):
         paths = encoding.decode(observed.reshape(length, VALIDATION_PATHS, -1, model_dims))  # (P, L, J, D)
     point = np.median(paths, axis=0).transpose(1, 0, 2)  # (J, L, D)
@@ -234,12 +262,12 @@ def _window_statistics(series, windows, length: int) -> tuple[np.ndarray, np.nda
     return truth, np.where(scale > 0, scale, 1.0), np.where(spread > 0, spread, 1.0)
 
 
-def _choose(plan: _Plan, result: tuple[np.ndarray, np.ndarray], embedding: str | None) -> Selection:
+def _choose(plan: _Plan, result: tuple[np.ndarray, np.ndarray], embedding: str | None, key: int) -> Selection:
     """The simplest candidate within MARGIN of the best; the defaults when nothing validated."""
     mase, errors = result
     mean = mase.mean(axis=1) if mase.size else np.array([])
     if not np.isfinite(mean).any():
-        return Selection(EMBEDDINGS[0], False, embedding or EMBEDDINGS[0])
+        return Selection(EMBEDDINGS[0], False, embedding or EMBEDDINGS[0], key=key)
     best = 0 if np.isfinite(mean[0]) else int(np.argmax(np.isfinite(mean)))
     for c in range(best + 1, len(mean)):
         margin = NONSTATIONARY_MARGIN if plan.pairs[c][1] and not plan.pairs[best][1] else MARGIN
@@ -254,6 +282,7 @@ def _choose(plan: _Plan, result: tuple[np.ndarray, np.ndarray], embedding: str |
         validation_horizon=plan.step,
         errors={_label(*pair): float(m) for pair, m in zip(plan.pairs, mean, strict=True)},
         spread=Spread.fit(errors[best], stationary=not flag),
+        key=key,
     )
 
 

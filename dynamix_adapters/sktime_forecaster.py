@@ -39,8 +39,10 @@ class DynaMixForecaster(BaseForecaster):
 
     Notes
     -----
-    Randomness follows sktime's contract: ``predict`` has no side effects, so the same
-    ``random_state`` gives the same forecast on every call, after pickling and in clones.
+    Randomness follows sktime's convention, not darts' stream: ``predict`` and the interval
+    methods have no side effects, so a seeded forecaster gives the same point forecasts and
+    the same intervals, quantiles and variances on every call, after pickling, in clones
+    and refits. With ``random_state=None`` every call draws fresh noise.
     ``predict_proba`` is skpro's ``Empirical`` over the same sample paths as
     ``predict_quantiles``, ``predict_interval`` and ``predict_var``.
 
@@ -62,6 +64,10 @@ class DynaMixForecaster(BaseForecaster):
     >>> tiny.fit(y).predict(fh=[1, 2, 3]).shape
     (3,)
     """
+
+    # sktime 1.2 warns at every construction that remember_data's default flips in 1.3. The forecaster
+    # keeps its own copy of the context (updated in _update), so the base's copy in _y is not needed.
+    _config: ClassVar[dict] = {"remember_data": False}
 
     _tags: ClassVar[dict] = {
         "authors": ["dynamix-adapters developers"],
@@ -115,6 +121,7 @@ class DynaMixForecaster(BaseForecaster):
             return super()._check_fh(fh, pred_int=pred_int)
 
     def _fit(self, y, X, fh):
+        # sktime's fit starts with reset(), which drops the previous fit's pipeline: the options may have changed.
         net = self._pipeline.model
         self._instances, self._series = _split_instances(y)
         self._index_names = list(y.index.names)
@@ -125,7 +132,7 @@ class DynaMixForecaster(BaseForecaster):
         self.model_name_ = str(self.model or DEFAULT_MODEL)
         self.n_parameters_ = net.parameter_count()
         # What "auto" chose per series (selection.py); predict chooses the same for any horizon.
-        self.selection_ = self._pipeline.choose_settings(self._contexts())
+        self.selection_ = [choice.record() for choice in self._pipeline.choose_settings(self._contexts())]
         self.preprocessing_, self.nonstationary_ = _per_series(self.selection_, self._instances is None)
         chosen = {record["preprocessing"] for record in self.selection_}
         self.embedding_ = _embedding_used(chosen.pop() if len(chosen) == 1 else "per series", y.shape[1], net.arch.N)
@@ -133,10 +140,16 @@ class DynaMixForecaster(BaseForecaster):
 
     @property
     def _pipeline(self) -> DynaMixPipeline:
-        """The model (loaded once per process, never pickled with the forecaster) with this forecaster's options."""
-        return DynaMixPipeline.from_pretrained(
-            self.model, self.device, **ForecastOptions.pick(self.get_params(deep=False))
-        )
+        """The model (loaded once per process) with this forecaster's options; resolved once per fit."""
+        if getattr(self, "_loaded_pipeline", None) is None:
+            options = ForecastOptions.pick(self.get_params(deep=False))
+            self._loaded_pipeline = DynaMixPipeline.from_pretrained(self.model, self.device, **options)
+        return self._loaded_pipeline
+
+    def __getstate__(self) -> dict:
+        # Never pickled with the forecaster: the torch model stays in this process' cache, and the
+        # unpickled forecaster's first use finds it in its own process' cache.
+        return {**self.__dict__, "_loaded_pipeline": None}
 
     def _update(self, y, X=None, update_params=True):
         # A zero-shot model has no parameters to refit: whatever update_params says, the

@@ -10,9 +10,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import sys
 import threading
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -29,8 +27,6 @@ from darts import TimeSeries
 
 from dynamix_adapters import DynaMixForecaster, DynaMixModel
 
-pytestmark = pytest.mark.filterwarnings("ignore:The default of config ``remember_data``:FutureWarning")
-
 THREADS = 8
 ROUNDS = 6
 CYCLES = 1000
@@ -38,15 +34,6 @@ WARMUP_CYCLES = 100
 # Between cycle 100 and 1,000 a run here grows by under 1 MiB; a leaked model or context per
 # cycle (tens of KiB or more each) would add tens of MiB.
 RSS_NOISE_BYTES = 8 * 2**20
-
-
-@pytest.fixture
-def interleaved_threads():
-    """Switch threads every microsecond instead of every 5 ms, for the duration of a test."""
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(previous)
 
 
 def in_threads(calls: list) -> list:
@@ -181,9 +168,7 @@ def rss_growth(cycle) -> int:
 def test_a_thousand_sktime_fit_predict_cycles_do_not_grow_memory():
     y = pd.Series(np.sin(0.3 * np.arange(40)))
     path = str(tiny_test_checkpoint())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        growth = rss_growth(lambda i: DynaMixForecaster(model=path, random_state=i).fit(y).predict(fh=[1, 2, 3, 4, 5]))
+    growth = rss_growth(lambda i: DynaMixForecaster(model=path, random_state=i).fit(y).predict(fh=[1, 2, 3, 4, 5]))
     assert growth < RSS_NOISE_BYTES, f"RSS grew by {growth / 2**20:.1f} MiB over {CYCLES - WARMUP_CYCLES} cycles"
 
 

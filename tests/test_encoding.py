@@ -84,14 +84,20 @@ def unit_frames(encoding: BatchEncoding, u: int) -> np.ndarray:
 @pytest.mark.parametrize("method", STATIONARY)
 def test_batch_encoding_equals_the_per_series_recipe_on_mixed_lengths(dims, method):
     series = panel(dims)
-    encoding = encode(series, [method] * len(series), [False] * len(series))
-    expected = [frames for x in series for frames in reference_units(x, method)]
+    # The pipeline forecasts each dim of a series wider than the model as its own unit (ForecastUnits).
+    units = [x[:, [d]] for x in series for d in range(dims)] if dims > MODEL_DIMS else series
+    encoding = encode(units, [method] * len(units), [False] * len(units))
+    expected = [frames for x in units for frames in reference_units(x, method)]
     assert len(expected) == len(encoding.keys)
     for u, frames in enumerate(expected):
         np.testing.assert_array_equal(unit_frames(encoding, u), frames.astype(np.float32))  # the model's precision
         np.testing.assert_array_equal(encoding.starts[u], frames[-1])
-    split_keys = [content_key(x[:, [d]]) for x in series for d in range(dims)]
-    assert list(encoding.keys) == (split_keys if dims > MODEL_DIMS else [content_key(x) for x in series])
+    assert list(encoding.keys) == [content_key(x) for x in units]
+
+
+def test_a_unit_wider_than_the_model_is_refused():
+    with pytest.raises(ValueError, match="split wider series"):
+        encode(panel(5), ["pos_embedding"] * 5, [False] * 5)
 
 
 def test_each_series_keeps_its_own_embedding_and_the_constant_dim_its_last_value():
@@ -211,9 +217,9 @@ def test_constant_series_survive_the_nonstationary_transform():
 def test_validation_of_a_panel_chooses_for_each_series_what_it_chooses_alone(tiny_model):
     series = [x[:, :1] for x in panel(1, lengths=(60, 130, 130, 90, 64))]
     pipeline = DynaMixPipeline(tiny_model, ForecastOptions(random_state=0))
-    together = pipeline.choose_settings(series)
+    together = [choice.record() for choice in pipeline.choose_settings(series)]
     for x, record in zip(series, together, strict=True):
-        (alone,) = pipeline.choose_settings(x)
+        (alone,) = [choice.record() for choice in pipeline.choose_settings(x)]
         assert {k: v for k, v in alone.items() if k != "validation_mase"} == {
             k: v for k, v in record.items() if k != "validation_mase"
         }

@@ -27,9 +27,6 @@ import dynamix_adapters.pipeline
 from dynamix_adapters import DivergenceError, DivergenceWarning, DynaMixForecaster
 from dynamix_adapters.weights import tiny_test_checkpoint
 
-# sktime 1.2 announces on every construction that remember_data flips in 1.3; the adapter keeps its own context.
-pytestmark = pytest.mark.filterwarnings("ignore:The default of config ``remember_data``:FutureWarning")
-
 
 @pytest.fixture(scope="module")
 def tiny():
@@ -224,6 +221,31 @@ def test_same_seed_same_forecasts_also_after_pickle_and_clone(official, lorenz):
     other = official(random_state=1).fit(lorenz)
     assert not np.allclose(other.predict(fh=fh).to_numpy(), point.to_numpy())
     assert not np.allclose(other.predict_interval(fh=fh).to_numpy(), intervals.to_numpy())
+
+
+def test_one_pipeline_per_fit_dropped_on_pickling(tiny):
+    forecaster = tiny().fit(sine())
+    pipeline = forecaster._pipeline
+    point = forecaster.predict(fh=[1, 2, 3])
+    forecaster.predict_interval(fh=[1, 2, 3])
+    assert forecaster._pipeline is pipeline, "the weights are resolved once per fit, not on every access"
+    restored = pickle.loads(pickle.dumps(forecaster))
+    assert restored._loaded_pipeline is None
+    pd.testing.assert_series_equal(restored.predict(fh=[1, 2, 3]), point)
+    assert restored._pipeline.model is pipeline.model, "rebuilt from this process' cache"
+    # A refit may come with other options: set_params and fit drop the old pipeline.
+    forecaster.set_params(context_length=40)
+    assert forecaster.fit(sine())._pipeline.options.context_length == 40
+
+
+@pytest.mark.filterwarnings("error")
+def test_readme_quickstart_emits_no_warning():
+    """sktime 1.2 warns about remember_data unless a forecaster settles it; this one does (it keeps its own context)."""
+    y = load_airline()
+    forecaster = DynaMixForecaster(nonstationary=True, random_state=0).fit(y)
+    forecaster.predict(fh=range(1, 13))
+    forecaster.predict_interval(fh=range(1, 13), coverage=[0.8, 0.95])
+    assert forecaster.get_config()["remember_data"] is False
 
 
 def test_pickle_holds_no_torch_module(tiny):

@@ -479,7 +479,10 @@ class Trainer:
                         **validation,
                     },
                 )
-                if self.rollbacks == rollbacks_before_epoch and result is not None:
+                # Only a clean epoch becomes the state a rollback restores: an epoch with skipped updates
+                # can end on weights that diverge on most batches (a broad-corpus pilot snapshotted such
+                # weights and then rolled back to them 200 times).
+                if self.rollbacks == rollbacks_before_epoch and totals[2] == config.batches_per_epoch:
                     self.snapshot = self._snapshot()
                 if epoch % config.checkpoint_every == 0 or self.update == last_update:
                     self.save_checkpoint()

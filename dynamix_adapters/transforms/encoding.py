@@ -1,11 +1,11 @@
 """BatchEncoding: many series on their way into the model's space and back, as arrays.
 
-Encode J jobs, each a (T, D) series in data space with its own embedding and
-non-stationary flag: optional Box-Cox and power-law trend removal per dim, per-dim
-standardization, then an embedding to the model's N dims, or, when D > N, a split into D
-univariate units that are each embedded. Series are grouped by length (a handful of
-groups), and every statistic, fit and embedding runs once per group over all of its
-rows; jobs that share a series and a flag share its trend fit and scaling.
+Encode J jobs, each a (T, D) series in data space (D <= N: the pipeline splits wider
+series into one unit per dim first) with its own embedding and non-stationary flag:
+optional Box-Cox and power-law trend removal per dim, per-dim standardization, then an
+embedding to the model's N dims. Series are grouped by length (a handful of groups), and
+every statistic, fit and embedding runs once per group over all of its rows; jobs that
+share a series and a flag share its trend fit and scaling. Each job is one rollout unit.
 
 The result is the rollout's input (every unit's context, left-padded, its first valid
 frame, its first observation and its content key) plus what ``decode`` needs to invert
@@ -25,24 +25,18 @@ from .trend import TrendFit
 
 @dataclass(frozen=True)
 class BatchEncoding:
-    """The transforms of J jobs, and the U rollout units they produced (one per job, or D when split)."""
+    """The transforms of J jobs, each one rollout unit."""
 
     context: np.ndarray  # (U, L, N) float32 embedded contexts, aligned to their end, zeros before valid_from
     valid_from: np.ndarray  # (U,) index of each unit's first real frame
     starts: np.ndarray  # (U, N) float64 each unit's first observation
     keys: tuple[int, ...]  # (U,) content key of the raw values a unit forecasts: seeds its random streams
-    split: bool  # series with more dims than the model: one univariate unit per dim
     mean: np.ndarray  # (J, D) scaler, in the (possibly detrended) level space
     std: np.ndarray  # (J, D)
     constant: np.ndarray  # (J, D) dims constant in data space: forecast as their last value
     last: np.ndarray  # (J, D) last observation in data space
     nonstationary: np.ndarray  # (J,) bool
     trend: TrendFit | None  # rows (j, d) of the nonstationary jobs, job-major
-
-    @property
-    def job_of_unit(self) -> np.ndarray:
-        """(U,) the job each unit belongs to."""
-        return np.repeat(np.arange(len(self.mean)), self.mean.shape[1] if self.split else 1)
 
     @classmethod
     def fit(
@@ -66,7 +60,8 @@ class BatchEncoding:
         methods = np.asarray(preprocessing, dtype=object).reshape(-1)
         flags = np.asarray(nonstationary, dtype=bool).reshape(-1)
         dims = series[0].shape[1]
-        split = dims > model_dims
+        if dims > model_dims:
+            raise ValueError(f"A unit has at most {model_dims} dims, got {dims}: split wider series (ForecastUnits).")
         lengths = np.array([len(x) for x in series])
         # A level is a (series, flag) pair: the values the scaler and the embeddings see.
         levels, level_of_job = np.unique(source * 2 + flags, return_inverse=True)
@@ -96,31 +91,26 @@ class BatchEncoding:
             scaled_groups[length] = scaler.transform(values)
             group_of_level[mine], row_of_level[mine] = length, np.arange(len(mine))
 
-        unit_keys = _unit_keys(series, source, split)
+        unit_keys = _unit_keys(series, source)
         key_array = np.array(unit_keys, dtype=np.uint64)
-        job_of_unit = np.repeat(np.arange(len(source)), dims if split else 1)
         if starts is not None:
-            given = (starts - mean[level_of_job, : starts.shape[1]]) / std[level_of_job, : starts.shape[1]]
-            starts = given.reshape(-1, 1) if split else given
+            starts = (starts - mean[level_of_job, : starts.shape[1]]) / std[level_of_job, : starts.shape[1]]
         pieces = []  # (units, their scaled rows (n, T, d), embedding columns (n, T, N - d), first valid frame (n,))
         for length, scaled in scaled_groups.items():
             in_group = group_of_level[level_of_job] == length
-            if split:
-                scaled = scaled.transpose(0, 2, 1).reshape(-1, length, 1)  # one univariate row per dim
             # pos_embedding and delay_embedding read the same autocorrelation: computed once per row that needs it.
             acf = np.empty(scaled.shape[:2])
             reads = in_group & np.isin(methods, ("pos_embedding", "delay_embedding"))
-            needed_rows = np.unique(_rows(row_of_level[level_of_job[reads]], dims, split))
+            needed_rows = np.unique(row_of_level[level_of_job[reads]])
             acf[needed_rows] = autocorrelation(scaled[needed_rows, :, -1], length - 1)
             for method in np.unique(methods[in_group]):  # a few embeddings
                 jobs = np.nonzero(in_group & (methods == method))[0]
-                rows = _rows(row_of_level[level_of_job[jobs]], dims, split)
-                units = _rows(jobs, dims, split)
+                rows = row_of_level[level_of_job[jobs]]
                 needed = model_dims - scaled.shape[2]
-                lags = random_lags(entropy, key_array[units], needed) if method == "delay_embedding_random" else None
+                lags = random_lags(entropy, key_array[jobs], needed) if method == "delay_embedding_random" else None
                 columns, first = embedding_columns(scaled[rows], method, model_dims, lags, acf[rows])
-                pieces.append((units, scaled[rows], columns, first))
-        context, valid_from, unit_starts = _left_pad(pieces, len(job_of_unit), model_dims, starts)
+                pieces.append((jobs, scaled[rows], columns, first))
+        context, valid_from, unit_starts = _left_pad(pieces, len(source), model_dims, starts)
         trend = None
         if level_flag.any():
             every = TrendFit.concatenate(fits)
@@ -131,7 +121,6 @@ class BatchEncoding:
             valid_from=valid_from,
             starts=unit_starts,
             keys=tuple(unit_keys),
-            split=split,
             mean=mean[level_of_job],
             std=std[level_of_job],
             constant=constant[source],
@@ -143,8 +132,8 @@ class BatchEncoding:
     def decode(self, observed: np.ndarray) -> np.ndarray:
         """observed (H, P, U, N) in model space -> (P, H, J, D) in data space."""
         steps, paths = observed.shape[:2]
-        jobs, dims = self.mean.shape
-        scaled = observed[..., 0].reshape(steps, paths, jobs, dims) if self.split else observed[:, :, :, :dims]
+        dims = self.mean.shape[1]
+        scaled = observed[:, :, :, :dims]
         values = scaled.astype(np.float64) * self.std + self.mean  # (H, P, J, D)
         if self.trend is not None:
             rows = values[:, :, self.nonstationary].transpose(2, 3, 0, 1).reshape(-1, steps, paths)
@@ -154,22 +143,12 @@ class BatchEncoding:
         return values.transpose(1, 0, 2, 3)
 
 
-def _unit_keys(series: list[np.ndarray], source: np.ndarray, split: bool) -> list[int]:
-    """Content keys of the raw values each unit forecasts, one hash per distinct series (or dim) used."""
-    # Keyed by the raw values: a series (or a split-off dim) gets the same draws alone, in any batch,
-    # at any position, in any process. blake2b costs about a microsecond a series.
-    dims = series[0].shape[1]
-    used = np.unique(source)
-    if split:
-        keys = {s: [content_key(series[s][:, [d]]) for d in range(dims)] for s in used.tolist()}
-        return [key for s in source.tolist() for key in keys[s]]
-    keys = {s: content_key(series[s]) for s in used.tolist()}
+def _unit_keys(series: list[np.ndarray], source: np.ndarray) -> list[int]:
+    """Content keys of the raw values each job forecasts, one hash per distinct series used."""
+    # Keyed by the raw values: a series (or a dim split off a wider one) gets the same draws alone, in any
+    # batch, at any position, in any process. blake2b costs about a microsecond a series.
+    keys = {s: content_key(series[s]) for s in np.unique(source).tolist()}
     return [keys[s] for s in source.tolist()]
-
-
-def _rows(index: np.ndarray, dims: int, split: bool) -> np.ndarray:
-    """Indices of series (or jobs) -> of their rows: themselves, or one per dim when split."""
-    return (index[:, None] * dims + np.arange(dims)).reshape(-1) if split else index
 
 
 def _left_pad(pieces, n_units: int, model_dims: int, given: np.ndarray | None):
