@@ -132,15 +132,18 @@ def test_a_series_encodes_and_decodes_alone_as_in_any_batch():
         np.testing.assert_allclose(decoded[:, :, s], alone.decode(observed[:, :, [s]])[:, :, 0], rtol=1e-9)
 
 
-def test_random_lags_depend_only_on_seed_and_content():
+def test_random_lags_depend_only_on_seed_and_content_and_are_those_of_earlier_versions():
     keys = np.array([content_key(x) for x in panel(1)], dtype=np.uint64)
     lags = preprocessing.random_lags(3, keys, 2)
     low, high = preprocessing.RANDOM_LAG_RANGE
     assert lags.shape == (len(keys), 2) and lags.min() >= low and lags.max() <= high
     np.testing.assert_array_equal(preprocessing.random_lags(3, keys[::-1], 2), lags[::-1])
     assert not np.array_equal(preprocessing.random_lags(4, keys, 2), lags)
-    wide = preprocessing.random_lags(2**100 + 3, np.arange(4000, dtype=np.uint64), 2)  # SeedSequence-sized seeds
+    wide = preprocessing.random_lags(2**100 + 3, np.arange(400, dtype=np.uint64), 2)  # SeedSequence-sized seeds
     assert set(np.unique(wide)) == set(range(low, high + 1))
+    # The lags of earlier versions: delay_embedding_random forecasts do not change.
+    expected = np.random.default_rng([3, int(keys[0]), 0]).integers(low, high + 1, size=2)
+    np.testing.assert_array_equal(lags[0], expected)
 
 
 def test_peaks_are_scipys_including_plateaus():

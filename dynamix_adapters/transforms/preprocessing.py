@@ -14,8 +14,6 @@ import numpy as np
 EMBEDDINGS = ("pos_embedding", "delay_embedding", "delay_embedding_random", "zero_embedding")
 RANDOM_LAG_RANGE = (3, 10)
 STD_FLOOR = 1e-12
-MASK64 = 0xFFFFFFFFFFFFFFFF
-MIX64_1, MIX64_2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # splitmix64's finalizer constants
 
 
 def check_preprocessing(name) -> str:
@@ -134,31 +132,16 @@ def decorrelation_lag(x: np.ndarray, acf: np.ndarray | None = None) -> np.ndarra
 
 
 def random_lags(entropy: int, keys, count: int) -> np.ndarray:
-    """(U, count) lags in RANDOM_LAG_RANGE for units with content ``keys`` (U,): a pure function of seed and key.
+    """(U, count) lags in RANDOM_LAG_RANGE for units with content ``keys`` (U,): a function of seed and key only.
 
-    Counter-based (splitmix64 of the seed, the key and the lag's number), so a unit draws
-    the same lags alone or in any batch, with no generator object per unit.
+    Drawn as earlier versions drew them, from a numpy Generator seeded by (seed, key, 0), so
+    ``delay_embedding_random`` forecasts stay the same: one Generator per distinct key, the one
+    per-series object left in the encoding, until the counter-based noise reserves draws for it.
     """
-    seed = np.zeros(1, dtype=np.uint64)
-    remaining = int(entropy)
-    while True:  # fold an entropy of any size (SeedSequence gives 128 bits) into 64
-        seed = _mix64(seed ^ np.uint64(remaining & MASK64))
-        remaining >>= 64
-        if not remaining:
-            break
-    units = _mix64(seed ^ np.asarray(keys, dtype=np.uint64).reshape(-1))  # (U,)
-    bits = _mix64(units[:, None] + np.arange(1, count + 1, dtype=np.uint64)[None, :])
     low, high = RANDOM_LAG_RANGE
-    return low + (bits % np.uint64(high - low + 1)).astype(np.int64)
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer on uint64 (wrapping arithmetic)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(MIX64_1)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(MIX64_2)
-    return x ^ (x >> np.uint64(31))
+    unique, which = np.unique(np.asarray(keys, dtype=np.uint64), return_inverse=True)
+    draws = [np.random.default_rng([entropy, key, 0]).integers(low, high + 1, size=count) for key in unique.tolist()]
+    return np.asarray(draws, dtype=np.int64).reshape(len(unique), count)[which.reshape(-1)]
 
 
 def embedding_columns(
