@@ -8,8 +8,8 @@ passes per row, with no optimizer:
   grid of ``LAMBDA_STEP`` over ``LAMBDA_RANGE``, refined by a parabola through the best grid
   point and its neighbours. The grid's powers come from one power of each row by repeated
   multiplication, so a grid point costs a multiply and two sums, not an ``exp``.
-- ``c`` minimizes the squared error over a log-spaced grid of ``TREND_POWERS`` powers in
-  ``POWER_RANGE`` (the bounds the earlier ``curve_fit`` had); at each power (a, b) is
+- ``c`` minimizes the squared error, locally from c = 1 as the earlier ``curve_fit`` did,
+  over a log-spaced grid of ``TREND_POWERS`` powers in ``POWER_RANGE`` (its bounds); at each power (a, b) is
   ordinary least squares in closed form, so the whole grid is one matrix product with
   basis functions shared by every row of the same length. Parabolas refine c as they do
   lam; the best grid point stays when the refinement fits worse.
@@ -140,14 +140,14 @@ def _power_trend(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     log_t = np.log(np.arange(1, length + 1, dtype=float))
     # The matrix product may round differently in the last bit at another batch size: rounding the
     # coarse estimate keeps that from reaching the result, so a row's fit never depends on its batch.
-    coarse = np.exp(np.round(_refine(np.log(powers), explained.T), 9))
+    best = _uphill_peak(explained, int(np.argmin(np.abs(np.log(powers)))))
+    coarse = np.exp(np.round(_refine(np.log(powers), explained.T, best), 9))
     # As for lam: a parabola over the coarse grid, then one through exact values POWER_FINE apart
     # (t**(c +- step) = t**c * t**(+-step), so those cost a multiply by a vector every row shares).
     power = np.exp(coarse[:, None] * log_t)
     step = np.exp(POWER_FINE * log_t)
     near = [_least_squares(centered, p)[0] for p in (power / step, power, power * step)]
     c = np.clip(_refine_around(coarse, POWER_FINE, np.stack(near)), *POWER_RANGE)
-    best = np.argmax(explained, axis=1)
     # A refinement that fits worse than the best grid point keeps that point (a flat or boundary optimum).
     power = np.exp(c[:, None] * log_t)
     fit, slope, basis_mean = _least_squares(centered, power)
@@ -178,9 +178,30 @@ def _power_basis(length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     return powers, centered, mean, (centered**2).mean(axis=0)
 
 
-def _refine(grid: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """(R,) maximizers of score (G, R) over a uniform grid, refined by a parabola through the best three points."""
-    best = np.argmax(score, axis=0)
+def _uphill_peak(score: np.ndarray, start: int) -> np.ndarray:
+    """(R,) index of the local maximum of score (R, G) that climbing from grid point ``start`` reaches.
+
+    The trend's power is the optimum nearest a straight line (c = 1), as a local fit started
+    there finds it: a far better-fitting power at the grid's edge extrapolates a short
+    context's curvature, and on Track B it cost auto more than it gained.
+    """
+    size = score.shape[1]
+    left, right = np.full_like(score, -np.inf), np.full_like(score, -np.inf)
+    left[:, 1:], right[:, :-1] = score[:, :-1], score[:, 1:]
+    peak = (score >= left) & (score >= right)  # (R, G); the grid's ends count
+    index = np.arange(size)
+    first_right = np.argmax(peak & (index >= start), axis=1)
+    last_left = size - 1 - np.argmax((peak & (index <= start))[:, ::-1], axis=1)
+    rising = score[:, min(start + 1, size - 1)] > score[:, start]
+    return np.where(peak[:, start], start, np.where(rising, first_right, last_left))
+
+
+def _refine(grid: np.ndarray, score: np.ndarray, best: np.ndarray | None = None) -> np.ndarray:
+    """(R,) maximizers of score (G, R) over a uniform grid, refined by a parabola through the best three points.
+
+    ``best`` (R,) picks the grid point to refine around (default: the highest).
+    """
+    best = np.argmax(score, axis=0) if best is None else best
     middle = np.clip(best, 1, len(grid) - 2)
     rows = np.arange(score.shape[1])
     around = np.stack([score[middle - 1, rows], score[middle, rows], score[middle + 1, rows]])
