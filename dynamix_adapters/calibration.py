@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .encoding import SeriesEncoding
+from .transforms.encoding import BatchEncoding
 
 SATURATION = np.sqrt(2.0)
 SPREAD_FLOOR = 1e-9
@@ -134,37 +134,39 @@ def start_perturbations(
     return rng.standard_normal((n_paths, len(scale))) * model_scale
 
 
-def start_sensitivity(encoding: SeriesEncoding) -> np.ndarray:
-    """(D,) data-scale change of the first forecast step per unit change of the start in model space.
+def start_sensitivity(encoding: BatchEncoding) -> np.ndarray:
+    """(U, D) data-scale change of each unit's first forecast step per unit change of its start in model space.
 
-    Finite differences through the encoding's own ``decode``, so scaling, Box-Cox and trend all count.
+    Finite differences through the encoding's own ``decode``, so scaling, Box-Cox and trend all count;
+    one decode for every unit.
     """
-    (unit,) = encoding.units
-    dims = len(encoding.scaler.mean)
-    starts = np.tile(unit.start, (dims + 1, 1))  # row 0: the start; row 1 + d: dim d moved
-    starts[1:, :dims] += SENSITIVITY_STEP * np.eye(dims)
+    dims = encoding.mean.shape[1]
+    starts = np.repeat(encoding.starts[None], dims + 1, axis=0)  # (dims + 1, U, N); row 1 + d: dim d moved
+    starts[1:, :, :dims] += SENSITIVITY_STEP * np.eye(dims)[:, None, :]
     with np.errstate(all="ignore"):
-        decoded = encoding.decode(starts[None, :, None, :])[:, 0]  # (dims + 1, D)
-        return (decoded[1:].diagonal() - decoded[0]) / SENSITIVITY_STEP
+        decoded = encoding.decode(starts[None])[:, 0]  # (dims + 1, U, D)
+        return (np.diagonal(decoded[1:], axis1=0, axis2=2) - decoded[0]) / SENSITIVITY_STEP
 
 
 def perturbed_starts(
-    x0: np.ndarray, encodings: list[SeriesEncoding], spreads: list, series: list[np.ndarray], entropy: int
+    x0: np.ndarray, encoding: BatchEncoding, spreads: list, series: list[np.ndarray], entropy: int
 ) -> np.ndarray:
-    """x0 (P*U, N) path-major starts of U units, one per encoding -> each calibrated unit's paths perturbed.
+    """x0 (P*U, N) path-major starts of the encoding's U units -> each calibrated unit's paths perturbed.
 
     ``spreads`` (U,) holds each unit's Spread, or None to leave its paths at the observed start.
     Offsets come from a stream keyed by the seed and the unit's values, like its gating noise,
     so batching never changes them; path p gets the same offset whatever the number of paths.
     """
-    n_units = len(encodings)
+    n_units = len(encoding.keys)
     n_paths = len(x0) // n_units
     by_path = x0.reshape(n_paths, n_units, -1).copy()
-    for u, (encoding, spread, x) in enumerate(zip(encodings, spreads, series, strict=True)):
+    if all(spread is None for spread in spreads):
+        return x0
+    sensitivity = start_sensitivity(encoding)  # (U, D)
+    for u, (spread, x) in enumerate(zip(spreads, series, strict=True)):
         if spread is None:
             continue
-        (unit,) = encoding.units
-        rng = np.random.default_rng([entropy, unit.key, 0, 2])
-        offsets = start_perturbations(spread, start_sensitivity(encoding), x.std(axis=0), n_paths, rng)
+        rng = np.random.default_rng([entropy, encoding.keys[u], 0, 2])
+        offsets = start_perturbations(spread, sensitivity[u], x.std(axis=0), n_paths, rng)
         by_path[:, u, : offsets.shape[1]] += offsets.astype(by_path.dtype)
     return by_path.reshape(x0.shape)

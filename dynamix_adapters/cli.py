@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .options import ForecastOptions
 from .panel import DEFAULT_BATCH_SIZE, LongFormat, ModelSpec, forecast_long_batches, forecast_schema
 from .pipeline import DynaMixPipeline
-from .preprocessing import EMBEDDINGS
+from .transforms.preprocessing import EMBEDDINGS
 from .weights import DEFAULT_MODEL, describe_models
 
 QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)

@@ -7,12 +7,12 @@ the one description of every option; the adapters' docstrings include it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields, replace
 from numbers import Integral
 
 import numpy as np
 
-from .preprocessing import check_preprocessing
+from .transforms.preprocessing import check_preprocessing
 
 POINT_FORECASTS = ("path", "median", "mean")
 DIVERGENCE_POLICIES = ("raise", "nan")
@@ -73,7 +73,8 @@ class ForecastOptions:
         return {k: v for k, v in params.items() if k in cls.names()}
 
     def replace(self, **changes) -> ForecastOptions:
-        return type(self)(**{**asdict(self), **changes})
+        # dataclasses.replace copies no field (asdict deep-copies them all) and still validates the result.
+        return replace(self, **changes)
 
     def trim(self, series):
         """The last ``context_length`` observations of a (T, D) series (all of it when None)."""

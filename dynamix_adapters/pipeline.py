@@ -6,11 +6,11 @@ One forecast call flows one way::
       -> input transform   series list, checked and trimmed to ``context_length``
       -> units             each series, or each dim of a series wider than the model (ForecastUnits)
       -> select            "auto" options: each unit's setting by in-context validation (selection.py)
-      -> encode            one SeriesEncoding per unit (trend, scaler, embedding)
+      -> encode            one BatchEncoding of all units (trend, scaler, embedding), as arrays
       -> RolloutBatch      left-padded contexts, starts (calibrated units: perturbed per path,
                            calibration.py), per-trajectory noise stream keys
       -> rollout           (H, B, N) in model space, on the numba or torch backend
-      -> decode            each SeriesEncoding inverts its own transforms
+      -> decode            the BatchEncoding inverts each unit's own transforms, for all at once
       -> calibrate         validated units: spread matched to the validation error on the
                            validated horizon, the model's own beyond (calibration.py)
       -> output transform  (P, H, [S,] N) in the caller's layout
@@ -31,10 +31,8 @@ import numpy as np
 import torch
 
 from .calibration import perturbed_starts
-from .encoding import SeriesEncoding
 from .model import DynaMix
 from .options import AUTO, ForecastOptions
-from .preprocessing import EMBEDDINGS, min_context_length
 from .rollout import (
     DivergenceError,
     DivergenceWarning,
@@ -48,6 +46,8 @@ from .rollout import (
     stream_keys,
 )
 from .selection import Selection, select
+from .transforms.encoding import BatchEncoding
+from .transforms.preprocessing import EMBEDDINGS, min_context_length
 from .weights import load_model
 
 DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -233,18 +233,22 @@ class DynaMixPipeline:
             choices = select(self, units.series, entropy, starts is not None)
         else:
             choices = checked_settings(settings, units, starts is not None)
-        encodings = [
-            SeriesEncoding.fit(x, choice.options(self.options), self.model.arch.N, entropy, start)
-            for x, choice, start in zip(units.series, choices, units.starts, strict=True)
-        ]
-        batch = self._batch(encodings, units.labels, n_paths, entropy)
+        encoding = BatchEncoding.fit(
+            units.series,
+            [choice.preprocessing for choice in choices],
+            [choice.nonstationary for choice in choices],
+            standardize=self.options.standardize,
+            model_dims=self.model.arch.N,
+            entropy=entropy,
+            starts=None if starts is None else np.stack(units.starts),
+        )
+        batch = self._batch(encoding, units.labels, n_paths, entropy)
         if n_paths > 1:
             spreads = [choice.spread for choice in choices]
-            batch = replace(batch, x0=perturbed_starts(batch.x0, encodings, spreads, units.series, entropy))
+            batch = replace(batch, x0=perturbed_starts(batch.x0, encoding, spreads, units.series, entropy))
         observed = rollout(self.model, batch, horizon, self.backend)  # (H, P*U, N)
         diverged = self._diverged_units(observed, batch)
-        observed = observed.reshape(horizon, n_paths, -1, self.model.arch.N)  # (H, P, U, N)
-        paths = np.stack([e.decode(observed[:, :, [u]]) for u, e in enumerate(encodings)], axis=2)  # (P, H, U, d)
+        paths = encoding.decode(observed.reshape(horizon, n_paths, -1, self.model.arch.N))  # (P, H, U, d)
         paths[:, :, diverged] = np.nan
         self._check_overflow(paths, units.labels, diverged, any(choice.nonstationary for choice in choices))
         if n_paths > 1:
@@ -292,22 +296,17 @@ class DynaMixPipeline:
                 f"dims needs at least {needed}. Pass a longer context."
             )
 
-    def _batch(self, encodings: list[SeriesEncoding], labels: list[str], n_paths: int, entropy: int) -> RolloutBatch:
-        """One unit per encoding (named by ``labels``), left-padded, with ``n_paths`` trajectories each (path-major)."""
-        units = [unit for encoding in encodings for unit in encoding.units]
-        length = max(len(unit.frames) for unit in units)
-        context = np.zeros((len(units), length, self.model.arch.N), dtype=np.float32)
+    def _batch(self, encoding: BatchEncoding, labels: list[str], n_paths: int, entropy: int) -> RolloutBatch:
+        """The encoding's units (named by ``labels``), left-padded, with ``n_paths`` trajectories each (path-major)."""
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported just below
-            for u, unit in enumerate(units):
-                context[u, length - len(unit.frames) :] = unit.frames
-            starts = np.stack([unit.start for unit in units]).astype(np.float32)
-        self._raise_if_unrepresentable(context, starts, labels)
+            starts = encoding.starts.astype(np.float32)
+        self._raise_if_unrepresentable(encoding.context, starts, labels)  # the context is float32 already
         return RolloutBatch(
-            context=context,
-            valid_from=np.array([length - len(unit.frames) for unit in units]),
+            context=encoding.context,
+            valid_from=encoding.valid_from,
             x0=np.tile(starts, (n_paths, 1)),
-            unit=np.tile(np.arange(len(units)), n_paths),
-            streams=stream_keys(entropy, [unit.key for unit in units], n_paths),
+            unit=np.tile(np.arange(len(encoding.keys)), n_paths),
+            streams=stream_keys(entropy, list(encoding.keys), n_paths),
             labels=tuple(labels),
         )
 

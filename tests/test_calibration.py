@@ -13,10 +13,9 @@ from dynamix_adapters.calibration import (
     start_perturbations,
     start_sensitivity,
 )
-from dynamix_adapters.encoding import SeriesEncoding
 from dynamix_adapters.metrics import state_space_divergence
-from dynamix_adapters.options import ForecastOptions
 from dynamix_adapters.pipeline import DynaMixPipeline
+from dynamix_adapters.transforms.encoding import BatchEncoding
 
 FIXED = {"preprocessing": "pos_embedding", "nonstationary": False}
 
@@ -40,25 +39,24 @@ def test_the_spread_is_matched_on_the_validated_horizon_and_the_paths_are_left_a
 
 def test_start_perturbations_have_the_one_step_error_in_data_scale():
     x = 50 + 4 * np.sin(np.arange(200) / 3)[:, None]
-    options = ForecastOptions(preprocessing="pos_embedding", nonstationary=True)
-    encoding = SeriesEncoding.fit(x, options, 3, entropy=0)
-    sensitivity = start_sensitivity(encoding)
+    encoding = BatchEncoding.fit([x], ["pos_embedding"], [True], standardize=True, model_dims=3, entropy=0)
+    sensitivity = start_sensitivity(encoding)[0]
     offsets = start_perturbations(_spread(), sensitivity, x.std(axis=0), 20_000, np.random.default_rng(0))
-    start = encoding.units[0].start
+    start = encoding.starts[0]
     moved = np.tile(start, (len(offsets), 1))
     moved[:, :1] += offsets
     observed = np.concatenate([start[None], moved])[None, :, None, :]  # (H=1, 1 + P, units=1, N)
-    decoded = encoding.decode(observed)[:, 0]  # (1 + P, D) in data scale
+    decoded = encoding.decode(observed)[:, 0, 0]  # (1 + P, D) in data scale
     # sigma(1) = 0.2 context standard deviations in data scale, whatever Box-Cox, trend and scaling do.
     np.testing.assert_allclose((decoded[1:] - decoded[0]).std(axis=0), 0.2 * x.std(axis=0), rtol=0.03)
 
 
 def test_a_constant_dim_gets_no_perturbation():
     x = np.column_stack([np.sin(np.arange(100) / 3), np.full(100, 7.0)])
-    encoding = SeriesEncoding.fit(x, ForecastOptions(preprocessing="pos_embedding", nonstationary=False), 3, 0)
+    encoding = BatchEncoding.fit([x], ["pos_embedding"], [False], standardize=True, model_dims=3, entropy=0)
     offsets = start_perturbations(
         Spread(np.array([0.2, 0.2]), np.array([0.5, 0.5]), True, 5),
-        start_sensitivity(encoding),
+        start_sensitivity(encoding)[0],
         x.std(axis=0),
         10,
         np.random.default_rng(0),

@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, assume, example, given, reject, settings
 from hypothesis import strategies as st
 
 from dynamix_adapters import forecast, load_model
-from dynamix_adapters.preprocessing import EMBEDDINGS, min_context_length
 from dynamix_adapters.rollout import DivergenceError
+from dynamix_adapters.transforms.preprocessing import EMBEDDINGS, min_context_length
 from dynamix_adapters.weights import tiny_test_checkpoint
 
 TINY_PATH = str(tiny_test_checkpoint())

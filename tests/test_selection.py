@@ -9,11 +9,11 @@ import pytest
 
 from dynamix_adapters import selection
 from dynamix_adapters.calibration import Spread, robust_spread
-from dynamix_adapters.encoding import SeriesEncoding
 from dynamix_adapters.options import ForecastOptions
 from dynamix_adapters.pipeline import DynaMixPipeline
 from dynamix_adapters.rollout import rollout, seed_entropy
 from dynamix_adapters.systems import lorenz63_trajectory
+from dynamix_adapters.transforms.encoding import BatchEncoding
 
 FIXED = {"preprocessing": "pos_embedding", "nonstationary": False}
 
@@ -37,10 +37,17 @@ def _pre_auto_forecast(model, options: ForecastOptions, x: np.ndarray, horizon: 
     """The forecast recipe before auto existed: encode with the options, one rollout, decode."""
     pipeline = DynaMixPipeline(model, options)
     entropy = seed_entropy(options.random_state)
-    encoding = SeriesEncoding.fit(x, options, model.arch.N, entropy)
-    batch = pipeline._batch([encoding], ["series 0"], n_paths, entropy)
+    encoding = BatchEncoding.fit(
+        [x],
+        [options.preprocessing],
+        [options.nonstationary],
+        standardize=options.standardize,
+        model_dims=model.arch.N,
+        entropy=entropy,
+    )
+    batch = pipeline._batch(encoding, ["series 0"], n_paths, entropy)
     observed = rollout(model, batch, horizon).reshape(horizon, n_paths, -1, model.arch.N)
-    return encoding.decode(observed)
+    return encoding.decode(observed)[:, :, 0]
 
 
 @pytest.mark.parametrize("settings", [FIXED, {"preprocessing": "delay_embedding", "nonstationary": True}])

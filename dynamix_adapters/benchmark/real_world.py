@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..preprocessing import EMBEDDINGS
+from ..transforms.preprocessing import EMBEDDINGS
 
 logger = logging.getLogger(__name__)
 
