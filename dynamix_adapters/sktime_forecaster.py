@@ -11,6 +11,7 @@ from sktime.forecasting.base import BaseForecaster
 
 from .options import OPTIONS_DOC, ForecastOptions
 from .pipeline import DynaMixPipeline
+from .training.finetune import FinetuneConfig, finetune
 from .weights import DEFAULT_MODEL
 
 
@@ -77,6 +78,7 @@ class DynaMixForecaster(BaseForecaster):
         "capability:missing_values": False,
         "capability:unequal_length": True,
         "capability:random_state": True,
+        "capability:pretrain": True,
         "property:randomness": "derandomized",
         "requires-fh-in-fit": False,
     }
@@ -134,9 +136,34 @@ class DynaMixForecaster(BaseForecaster):
     @property
     def _pipeline(self) -> DynaMixPipeline:
         """The model (loaded once per process, never pickled with the forecaster) with this forecaster's options."""
+        tuned = getattr(self, "pretrained_model_", None)
+        if tuned is not None:
+            return DynaMixPipeline(tuned, ForecastOptions(**ForecastOptions.pick(self.get_params(deep=False))))
         return DynaMixPipeline.from_pretrained(
             self.model, self.device, **ForecastOptions.pick(self.get_params(deep=False))
         )
+
+    def _pretrain(self, y, X=None, fh=None):
+        """Fine-tune the weights on every series of the panel ``y`` (see ``training.finetune``).
+
+        Starts from ``model`` and keeps the weights that forecast the held-out end of the
+        panel's series best, the starting weights included; ``fit`` and ``predict`` then use
+        them. Sets ``pretrained_model_`` (the tuned DynaMix) and ``pretrain_summary_``.
+        """
+        return self._finetune_on(y, self._pipeline)
+
+    def _pretrain_update(self, y, X=None, fh=None):
+        """Fine-tune further on a new panel, starting from the weights the last ``pretrain`` left."""
+        return self._finetune_on(y, self._pipeline)
+
+    def _finetune_on(self, y, start: DynaMixPipeline):
+        _, frames = _split_instances(y)
+        seed = self.random_state if isinstance(self.random_state, int) else 0
+        config = FinetuneConfig(seed=seed)
+        result = finetune(start, [frame.to_numpy(dtype=np.float64) for frame in frames], config, progress=False)
+        self.pretrained_model_ = result.model
+        self.pretrain_summary_ = result.summary()
+        return self
 
     def _update(self, y, X=None, update_params=True):
         # A zero-shot model has no parameters to refit: whatever update_params says, the
@@ -195,7 +222,8 @@ class DynaMixForecaster(BaseForecaster):
     def _panel_forecast(self, method: str, horizon: int) -> np.ndarray:
         """``pipeline.<method>`` over all series; a panel goes in chunks through sktime's ``backend:parallel``."""
         backend = self.get_config()["backend:parallel"]
-        if backend is None or self._instances is None:
+        # Fine-tuned weights live in this process only, so a pretrained forecaster forecasts here.
+        if backend is None or self._instances is None or getattr(self, "pretrained_model_", None) is not None:
             return getattr(self._pipeline, method)(self._contexts(), horizon, names=self._labels())
         from .panel import ModelSpec, forecast_chunks_parallel
 
