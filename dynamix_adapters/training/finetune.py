@@ -241,7 +241,7 @@ def finetune(
     training = geometry.training_config(config, backend)
     validation = validation_batch(frames, geometry, config.seed)
     trained = [p for name, p in model.named_parameters() if name not in FROZEN]
-    optimizer = torch.optim.RAdam(trained, lr=config.learning_rate)
+    optimizer = torch.optim.RAdam(trained, lr=config.learning_rate, foreach=True)  # one kernel for all arrays
     gamma = (config.final_learning_rate / config.learning_rate) ** (1.0 / config.epochs)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
     rng = np.random.default_rng([config.seed, 1])
