@@ -221,3 +221,19 @@ def test_cli_finetune_names_a_wrong_output_suffix(tmp_path, capsys):
     args = ["finetune", tmp_path / "panel.parquet", "--id-col", "id", "--time-col", "time", "--output", "w.pt"]
     assert main([str(a) for a in args]) == 2
     assert "--output must end in .safetensors" in capsys.readouterr().err
+
+
+def test_finetuning_on_a_chaotic_trajectory_keeps_its_attractor(official_model, shared_series):
+    """Fine-tuned on Lorenz-63, the official weights' long-run D_stsp on the trajectory's continuation is no worse."""
+    from dynamix_adapters.metrics import state_space_divergence
+
+    lorenz = shared_series("lorenz63")
+    train, context, truth = lorenz[:2000], lorenz[2000:3000], lorenz[3000:5000]
+    start = DynaMixPipeline(official_model, ForecastOptions(random_state=0))
+    result = finetune(start, [train], FinetuneConfig(epochs=4, batches_per_epoch=5), progress=False)
+
+    def divergence(pipeline: DynaMixPipeline) -> float:
+        runs = [pipeline.with_options(random_state=seed).predict(context, len(truth)) for seed in range(3)]
+        return float(np.median([state_space_divergence(truth, run) for run in runs]))
+
+    assert divergence(result.pipeline) <= divergence(start)

@@ -16,9 +16,12 @@ epoch; the weights with the lowest one, the starting weights included, are the
 result, and training stops after ``patience`` epochs without improvement. So the
 result never scores worse than the start on the held-out windows.
 
-Window sizes follow the shortest training part, so that series of a few dozen points
-can be fine-tuned too: ``ahead`` is at most ``forecast_length`` and about a sixth of
-it, the context at most ``context_length`` and two thirds of what remains.
+A lower short-term error can come with a worse attractor: on a chaotic trajectory, a
+few updates that sharpen the next 50 steps can distort the long-run geometry. On units
+of at least ``LONG_RUN_FRAMES`` frames, an epoch therefore also has to keep the
+state-space divergence (``metrics.state_space_divergence``) between the unit's frames
+and long free runs from the start of its held-out part at or below the starting
+weights' to count as an improvement.
 """
 
 from __future__ import annotations
@@ -37,18 +40,25 @@ import torch
 from tqdm.auto import tqdm
 
 from ..encoding import SeriesEncoding
+from ..metrics import state_space_divergence
 from ..model import DynaMix
 from ..noise import seed_entropy
 from ..pipeline import DynaMixPipeline, SeriesInput
 from ..selection import select
 from ..weights import save_model
-from .reference import rollout_loss
+from .reference import rollout_loss, rollout_predictions
 from .trainer import FROZEN, TrainingConfig, batch_from_windows, clip_per_array, compute_gradients, floor_temperatures
 
 logger = logging.getLogger(__name__)
 
 MIN_AHEAD = 2
 MAX_VALIDATION_WINDOWS = 512
+# The long-run check (see the module docstring): units of at least LONG_RUN_FRAMES frames, at most
+# MAX_LONG_RUN_UNITS of them, each free-running LONG_RUN_STEPS steps from LONG_RUN_PATHS noise draws.
+LONG_RUN_FRAMES = 1000
+MAX_LONG_RUN_UNITS = 8
+LONG_RUN_STEPS = 2000
+LONG_RUN_PATHS = 4
 
 
 @dataclass(frozen=True)
@@ -250,7 +260,9 @@ def finetune(
         raise ValueError("No unit is long enough for a training window; pass longer series.")
     weights = np.clip(trainable, 0, None) / np.clip(trainable, 0, None).sum()
 
+    long_runs = LongRuns.of(frames, geometry, config.seed)
     start_score = validation_mse(model, validation)
+    start_divergence = long_runs.divergence(model) if long_runs else 0.0
     best_score, best_epoch, best_state = start_score, 0, copy.deepcopy(model.state_dict())
     history, stale, epoch = [], 0, 0
     bar = tqdm(total=config.epochs * config.batches_per_epoch, disable=not progress, file=sys.stderr, desc="fine-tune")
@@ -273,7 +285,7 @@ def finetune(
             {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else math.nan, "validation_mse": score}
         )
         bar.set_postfix(validation=f"{score:.4g}", best=f"{best_score:.4g}", refresh=False)
-        if score < best_score:
+        if score < best_score and (long_runs is None or long_runs.divergence(model) <= start_divergence):
             best_score, best_epoch, best_state, stale = score, epoch, copy.deepcopy(model.state_dict()), 0
         else:
             stale += 1
@@ -324,6 +336,40 @@ def validation_batch(frames: Frames, geometry: Geometry, seed: int) -> tuple[tor
         torch.from_numpy(np.ascontiguousarray(windows[:, context - 1 :])),
         torch.from_numpy(noise.astype(np.float32)),
     )
+
+
+@dataclass(frozen=True)
+class LongRuns:
+    """Free runs from the start of the held-out part of long units, and each unit's frames to compare them with."""
+
+    context: torch.Tensor  # (R, context, N), LONG_RUN_PATHS rows per unit
+    start: torch.Tensor  # (R, LONG_RUN_STEPS + 1, N): the first row starts the run, the rest is never read
+    noise: torch.Tensor  # (R, LONG_RUN_STEPS, N)
+    truths: tuple[np.ndarray, ...]  # per unit: its frames
+
+    @classmethod
+    def of(cls, frames: Frames, geometry: Geometry, seed: int) -> LongRuns | None:
+        held = np.array(geometry.held_out)
+        units = np.flatnonzero(frames.lengths >= max(LONG_RUN_FRAMES, geometry.context + held.max()))
+        if not len(units):
+            return None
+        units = units[np.linspace(0, len(units) - 1, min(len(units), MAX_LONG_RUN_UNITS)).round().astype(int)]
+        runs = np.repeat(units, LONG_RUN_PATHS)
+        origins = frames.lengths[runs] - held[runs]
+        context = frames.gather(runs, origins - geometry.context, geometry.context)
+        start = np.zeros((len(runs), LONG_RUN_STEPS + 1, context.shape[2]), np.float32)
+        start[:, 0] = context[:, -1]
+        noise = np.random.default_rng([seed, 3]).standard_normal(start[:, 1:].shape).astype(np.float32)
+        truths = tuple(frames.gather(np.array([u]), np.zeros(1, int), frames.lengths[u])[0] for u in units)
+        return cls(torch.from_numpy(context), torch.from_numpy(start), torch.from_numpy(noise), truths)
+
+    def divergence(self, model: DynaMix) -> float:
+        """Mean over units of the divergence of its pooled runs from its frames (inf if not finite)."""
+        with torch.no_grad():
+            runs, _ = rollout_predictions(model, self.context, self.start, self.noise, interval=LONG_RUN_STEPS + 1)
+        pooled = runs.numpy().reshape(len(self.truths), -1, runs.shape[2])  # all paths of a unit in one histogram
+        value = float(np.mean([state_space_divergence(t, r) for t, r in zip(self.truths, pooled, strict=True)]))
+        return value if math.isfinite(value) else math.inf
 
 
 def validation_mse(model: DynaMix, validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> float:
