@@ -318,7 +318,7 @@ def validation_batch(frames: Frames, geometry: Geometry, seed: int) -> tuple[tor
     ``MAX_VALIDATION_WINDOWS`` in all, an evenly spaced subset of them.
     """
     context, ahead = geometry.context, geometry.ahead
-    stride = max(1, math.ceil(ahead / 2))
+    stride = 1
     units, origins = [], []
     for u, (length, held) in enumerate(zip(frames.lengths, geometry.held_out, strict=True)):
         first = max(length - held, context)
