@@ -73,10 +73,22 @@ def test_any_number_of_dims_and_lengths():
     """1, 3 and 5 dims (embedded, as is, split into units), series of different lengths, seeded."""
     for dims, units in ((1, 3), (3, 3), (5, 15)):
         series = [x[: 120 + 20 * i] for i, x in enumerate(waves(dims=dims))]
-        first = finetune(tiny_pipeline(), series, QUICK, progress=False)
-        again = finetune(tiny_pipeline(), series, QUICK, progress=False)
+        fixed = tiny_pipeline(preprocessing="pos_embedding", nonstationary=False)
+        first = finetune(fixed, series, QUICK, progress=False)
+        again = finetune(fixed, series, QUICK, progress=False)
         assert first.n_units == units
         assert first.history == again.history
+
+
+def test_auto_options_train_every_setting_a_forecast_may_choose():
+    """With "auto", a forecast may pick any candidate: every series is encoded with each of them."""
+    from dynamix_adapters.selection import candidates
+
+    pipeline = tiny_pipeline()
+    pairs = candidates(pipeline.options, 1, 3, stationary_only=False)
+    assert len(pairs) > 1
+    result = finetune(pipeline, waves(), QUICK, progress=False)
+    assert result.n_units == 3 * len(pairs)
 
 
 def test_geometry_follows_the_shortest_series():

@@ -2,7 +2,7 @@
 
 The series are first mapped into the model's N dims exactly as a forecast maps its
 context (``SeriesEncoding``: trend removal, per-dim scaling, embedding or split into
-univariate units, with each series' "auto" choice made as a forecast makes it). Each
+univariate units), once for every setting an "auto" forecast may choose. Each
 unit's frames then play the part of a corpus trajectory: a window gives a clean
 context and a noisy sequence (the last ``ahead`` points of the context and the next
 ``ahead``), the loss is pretraining's sparsely forced rollout MSE plus the sigma
@@ -44,7 +44,8 @@ from ..metrics import state_space_divergence
 from ..model import DynaMix
 from ..noise import seed_entropy
 from ..pipeline import DynaMixPipeline, SeriesInput
-from ..selection import select
+from ..preprocessing import min_context_length
+from ..selection import candidates
 from ..weights import save_model
 from .reference import rollout_loss, rollout_predictions
 from .trainer import FROZEN, TrainingConfig, batch_from_windows, clip_per_array, compute_gradients, floor_temperatures
@@ -202,15 +203,26 @@ class Frames:
 
 
 def encode_units(pipeline: DynaMixPipeline, series: list[np.ndarray]) -> list[np.ndarray]:
-    """Each series in model space as its forecast would see it: the frames of each of its units (T', N)."""
-    options = pipeline.options
-    series = [options.trim(x) for x in series]
+    """Each series in model space as its forecasts may see it: the frames (T', N) of each unit of each encoding.
+
+    With "auto" options a forecast may pick any candidate setting (``selection.candidates``)
+    for a series, and may pick another one once the weights change; so every series is
+    encoded with every candidate its length allows, and the tuned model learns them all.
+    Encodings that leave float range (a trend extrapolated off a short series) are skipped.
+    """
+    options, model_dims = pipeline.options, pipeline.model.arch.N
     entropy = seed_entropy(options.random_state)
-    choices = select(pipeline, series, entropy, False)
+    dims = series[0].shape[1]
+    pairs = candidates(options, dims, model_dims, stationary_only=False)
     units = []
-    for x, choice in zip(series, choices, strict=True):
-        encoding = SeriesEncoding.fit(x, choice.options(options), pipeline.model.arch.N, entropy)
-        units.extend(unit.frames for unit in encoding.units)
+    for x in (options.trim(s) for s in series):
+        for preprocessing, nonstationary in pairs:
+            if len(x) < min_context_length(preprocessing, dims, model_dims):
+                continue
+            setting = options.replace(preprocessing=preprocessing, nonstationary=nonstationary)
+            with np.errstate(all="ignore"):
+                encoding = SeriesEncoding.fit(x, setting, model_dims, entropy)
+            units.extend(u.frames for u in encoding.units if np.isfinite(u.frames).all() and len(u.frames) >= 2)
     return units
 
 
