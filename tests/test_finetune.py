@@ -92,17 +92,24 @@ def test_auto_options_train_every_setting_a_forecast_may_choose():
 
 
 def test_geometry_follows_the_shortest_series():
-    geometry = Geometry.of([100, 1000], FinetuneConfig())
+    config = FinetuneConfig(validation_fraction=0.2)
+    geometry = Geometry.of([100, 1000], config)
     assert geometry.ahead == 80 // 6
     assert geometry.context == (80 - 13) * 2 // 3
     assert geometry.held_out == (20, 200)
-    long = Geometry.of([5000], FinetuneConfig())
+    long = Geometry.of([5000], config)
     assert (long.context, long.ahead) == (500, 50)
+    # The shortest units keep 8 frames for training whatever the held-out share.
+    assert Geometry.of([10], FinetuneConfig(validation_fraction=0.9)).held_out == (2,)
 
 
 def test_too_short_series_name_the_fix():
-    with pytest.raises(ValueError, match="too few for a context"):
+    with pytest.raises(ValueError, match="shorter than the 10 points fine-tuning needs"):
         finetune(tiny_pipeline(), [np.arange(6.0)], QUICK, progress=False)
+    # Ten points are enough; the delay embeddings, which lose points, are left out with a warning.
+    with pytest.warns(UserWarning, match="fine-tuning leaves them out"):
+        result = finetune(tiny_pipeline(), [np.sin(np.arange(10.0)), np.cos(np.arange(12.0))], QUICK, progress=False)
+    assert result.geometry.context >= 2 * result.geometry.ahead
 
 
 def test_save_and_load_back_in_the_official_layout(tmp_path):

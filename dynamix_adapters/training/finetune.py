@@ -36,6 +36,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -58,6 +59,7 @@ from .trainer import FROZEN, TrainingConfig, batch_from_windows, clip_per_array,
 logger = logging.getLogger(__name__)
 
 MIN_AHEAD = 2
+MIN_UNIT_FRAMES = 10  # a held-out part of 2 and a training part of 8: a context of 4 and 2 steps ahead
 MAX_VALIDATION_WINDOWS = 512
 # The long-run check (see the module docstring): units of at least LONG_RUN_FRAMES frames, at most
 # MAX_LONG_RUN_UNITS of them, each free-running LONG_RUN_STEPS steps from LONG_RUN_PATHS noise draws.
@@ -66,8 +68,8 @@ MAX_LONG_RUN_UNITS = 8
 LONG_RUN_STEPS = 2000
 LONG_RUN_PATHS = 4
 # The stability check: free runs this long from (at most this many of) the validation contexts.
-STABILITY_STEPS = 200
-MAX_STABILITY_RUNS = 64
+STABILITY_STEPS = 100
+MAX_STABILITY_RUNS = 32
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,8 @@ class FinetuneConfig:
     patience: int = 12  # epochs without a better held-out score before stopping
     context_length: int = 500  # the longest context of a window
     forecast_length: int = 50  # the most steps after the context a window's loss covers
-    validation_fraction: float = 0.2  # of each unit's frames, held out for early stopping
+    forecast_share: float = 1 / 6  # ... and at most this share of the shortest series' training part
+    validation_fraction: float = 0.3  # of each unit's frames, held out for early stopping
     teacher_forcing_interval: int = 10
     input_noise: float = 0.05
     sigma_regularization: float = 0.1
@@ -105,10 +108,12 @@ class FinetuneConfig:
         for name in ("epochs", "batches_per_epoch", "batch_size", "patience", "teacher_forcing_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FinetuneConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.context_length < 2 or self.forecast_length < MIN_AHEAD:
-            raise ValueError(f"need context_length >= 2 and forecast_length >= {MIN_AHEAD}")
+        if self.context_length < 2 * MIN_AHEAD or self.forecast_length < MIN_AHEAD:
+            raise ValueError(f"need context_length >= {2 * MIN_AHEAD} and forecast_length >= {MIN_AHEAD}")
         if not 0 < self.final_learning_rate <= self.learning_rate:
             raise ValueError("need 0 < final_learning_rate <= learning_rate")
+        if not 0 < self.forecast_share <= 0.25:
+            raise ValueError(f"forecast_share must lie in (0, 0.25], got {self.forecast_share}")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must lie in (0, 1), got {self.validation_fraction}")
 
@@ -123,17 +128,19 @@ class Geometry:
 
     @classmethod
     def of(cls, lengths: list[int], config: FinetuneConfig) -> Geometry:
-        held = [max(MIN_AHEAD, math.ceil(config.validation_fraction * n)) for n in lengths]
+        """Sizes for units of these lengths (each at least ``MIN_UNIT_FRAMES``).
+
+        A unit holds out ``validation_fraction`` of its frames, but keeps at least
+        ``MIN_UNIT_FRAMES - MIN_AHEAD`` for training, so the shortest units still train.
+        """
+        held = [
+            max(MIN_AHEAD, min(math.ceil(config.validation_fraction * n), n - MIN_UNIT_FRAMES + MIN_AHEAD))
+            for n in lengths
+        ]
         shortest = min(n - h for n, h in zip(lengths, held, strict=True))
-        ahead = min(config.forecast_length, max(MIN_AHEAD, shortest // 6))
+        share = max(MIN_AHEAD, int(shortest * config.forecast_share + 1e-9))
+        ahead = min(config.forecast_length, config.context_length // 2, share)
         context = min(config.context_length, (shortest - ahead) * 2 // 3)
-        if context < 2 * ahead or context < 2:
-            raise ValueError(
-                f"The shortest series leaves {shortest} points for training after holding out "
-                f"{config.validation_fraction:.0%} for early stopping: too few for a context and a forecast "
-                f"window. Drop series shorter than about {math.ceil(6 * MIN_AHEAD / (1 - config.validation_fraction))} "
-                "points, or pass longer ones."
-            )
         return cls(context, ahead, tuple(max(h, ahead) for h in held))
 
     def training_config(self, config: FinetuneConfig, backend: str) -> TrainingConfig:
@@ -266,7 +273,20 @@ def finetune(
     config = config or FinetuneConfig()
     started = time.perf_counter()
     arrays = [np.asarray(x)[:, None] if np.ndim(x) == 1 else x for x in series] if isinstance(series, list) else series
-    frames = Frames.of(encode_units(pipeline, SeriesInput.of(arrays).series))
+    units = encode_units(pipeline, SeriesInput.of(arrays).series)
+    kept = [u for u in units if len(u) >= MIN_UNIT_FRAMES]
+    if not kept:
+        raise ValueError(
+            f"Every series is shorter than the {MIN_UNIT_FRAMES} points fine-tuning needs for a context, a forecast "
+            "window and a held-out part (delay embeddings take a few points more); pass longer series."
+        )
+    if len(kept) < len(units):
+        warnings.warn(
+            f"{len(units) - len(kept)} of {len(units)} encoded series are shorter than {MIN_UNIT_FRAMES} points "
+            "(delay embeddings lose a few); fine-tuning leaves them out.",
+            stacklevel=2,
+        )
+    frames = Frames.of(kept)
     geometry = Geometry.of(frames.lengths.tolist(), config)
     model = _trainable_copy(pipeline.model)
     backend = "fused" if _zero_biases(model) else "torch"
