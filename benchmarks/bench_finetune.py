@@ -35,6 +35,7 @@ import torch
 
 from dynamix_adapters import DynaMixPipeline
 from dynamix_adapters.benchmark import real_world
+from dynamix_adapters.benchmark.report import markdown_table
 from dynamix_adapters.training.finetune import FinetuneConfig, finetune
 from dynamix_adapters.weights import OFFICIAL_MODEL, describe_models
 
@@ -53,7 +54,7 @@ def eight_real_series() -> dict[str, np.ndarray]:
         "realgdp (quarterly)": macro["realgdp"].to_numpy(float),
         "unemp (quarterly)": macro["unemp"].to_numpy(float),
         "infl (quarterly)": macro["infl"].to_numpy(float),
-        "ausbeer (quarterly beer)": datasets.load_ausbeer(as_series=True).to_numpy(float),
+        "ausbeer (quarterly beer)": datasets.load_ausbeer(as_series=True).dropna().to_numpy(float),
         "taylor (half-hourly electricity)": datasets.load_taylor(as_series=True).to_numpy(float)[-480:],
         "heartrate": datasets.load_heartrate(as_series=True).to_numpy(float),
         "msft (daily close)": datasets.load_msft()["Close"].to_numpy(float)[-400:],
@@ -131,8 +132,10 @@ def accuracy(weights: str, windows: int, config: FinetuneConfig) -> None:
     print(f"fine-tuned / zero-shot median MASE: {ratio:.3f} (bar <= 0.85)")
     print(f"fine-tuned / AutoETS median MASE: {summary.loc[tuned_name, 'MASE'] / summary.loc['AutoETS', 'MASE']:.3f}")
     by_dataset = frame.pivot_table(index="dataset", columns="model", values="MASE", aggfunc="median", sort=False)
-    print("\nMedian MASE per dataset:\n" + by_dataset.round(3).to_markdown())
-    print("\nFine-tuning runs:\n" + pd.DataFrame(tuning).to_markdown(index=False))
+    frame.to_csv(folder / "windows.csv", index=False)
+    print(f"\nMedian MASE per dataset (per-window rows in {folder / 'windows.csv'}):")
+    print(markdown_table(by_dataset.round(3).reset_index()))
+    print("\nFine-tuning runs:\n" + markdown_table(pd.DataFrame(tuning)))
 
 
 def main() -> None:
