@@ -297,10 +297,9 @@ def finetune(
     gamma = (config.final_learning_rate / config.learning_rate) ** (1.0 / config.epochs)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
     rng = np.random.default_rng([config.seed, 1])
-    trainable = frames.lengths - np.array(geometry.held_out) - training.window_length + 1  # window starts per unit
-    if trainable.max() < 1:
-        raise ValueError("No unit is long enough for a training window; pass longer series.")
-    weights = np.clip(trainable, 0, None) / np.clip(trainable, 0, None).sum()
+    # Window starts per unit (Geometry leaves every unit at least one); windows are drawn uniformly over all.
+    trainable = frames.lengths - np.array(geometry.held_out) - training.window_length + 1
+    weights = trainable / trainable.sum()
 
     long_runs = LongRuns.of(frames, geometry, config.seed)
     stability = StabilityRuns.of(validation, config.seed)
