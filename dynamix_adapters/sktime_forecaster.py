@@ -37,6 +37,11 @@ class DynaMixForecaster(BaseForecaster):
     embedding_ : str
         The embedding applied to the fitted series, given their number of dims ("per series"
         when "auto" chose different ones across a panel: see ``preprocessing_``).
+    pretrained_model_ : DynaMix
+        After ``pretrain(y_panel)``: the weights fine-tuned on the panel (``training.finetune``),
+        which ``fit`` and ``predict`` then use; kept by refits and clones, dropped by ``reset``.
+    pretrain_summary_ : dict
+        After ``pretrain``: held-out error before and after, best epoch, seconds.
 
     Notes
     -----
