@@ -76,9 +76,9 @@ def track_a(weight_sets: list[str], max_systems: int | None, initial_conditions:
         pipeline = DynaMixPipeline.from_pretrained(weights, random_state=dynamical.FORECAST_SEED)
 
         def auto(context, horizon, pipeline=pipeline, weights=weights):
-            paths = pipeline.sample_paths(context, horizon, 1)
-            chosen.setdefault(weights, []).append(pipeline.selections[0].nonstationary)
-            return paths[0]
+            settings = pipeline.choose_settings(context)
+            chosen.setdefault(weights, []).append(settings[0].nonstationary)
+            return pipeline.sample_paths(context, horizon, 1, settings=settings)[0]
 
         table[f"DynaMix auto ({weights})"] = auto
         fixed = pipeline.with_options(**FIXED)

@@ -9,8 +9,14 @@ the scaling efficiency (series/s with w workers over w times series/s with one),
 resident memory of each worker process (its whole life: Python, torch and numba included), and
 the workers' CPU time per 1,000 series, which tells lost scaling on shared cores from lost work.
 
-    python benchmarks/bench_distributed.py --series 40000          # a few minutes on 2 cores
-    python benchmarks/bench_distributed.py                         # the default: 1,000,000 series
+Where the time goes: Dask's task stream gives each task's compute seconds, grouped by the
+task's name into reading (``read_parquet``), shuffling (``shuffle``/``p2p``; none when the ids
+come sorted with known divisions, as here), forecasting and writing (``to_parquet``). The
+forecast options are the defaults (``"auto"`` preprocessing and non-stationarity) unless
+``--preprocessing``/``--nonstationary`` say otherwise.
+
+    python benchmarks/bench_distributed.py --series 20000 --workers 2   # minutes on 2 cores
+    python benchmarks/bench_distributed.py --workers 2                  # issue 21: 1,000,000 series, defaults
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, get_task_stream
 
 from dynamix_adapters.distributed import forecast_dask, write_forecast
 from dynamix_adapters.options import ForecastOptions
@@ -49,7 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=512, help="ids per model call")
     parser.add_argument("--quantiles", default="", help="comma-separated quantile levels (default: point only)")
     parser.add_argument("--samples", type=int, default=20, help="sample paths behind --quantiles")
-    parser.add_argument("--preprocessing", default="pos_embedding", help="'auto' validates 8 candidates per id")
+    parser.add_argument("--preprocessing", default="auto", help="default 'auto' (validates candidates per id)")
+    parser.add_argument("--nonstationary", default="auto", help="'auto' (default), 'true' or 'false'")
     parser.add_argument("--model", default=None, help="weights name or path (default: the bundled weights)")
     parser.add_argument("--workdir", type=Path, default=None, help="where the datasets go (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -123,6 +130,24 @@ def peak_memory() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def task_seconds(stream: list[dict]) -> dict[str, float]:
+    """Compute seconds of the tasks in a Dask task stream, by what they do (from their keys' names)."""
+    totals = {"read": 0.0, "shuffle": 0.0, "forecast": 0.0, "write": 0.0}
+    for task in stream:
+        key = task["key"][0] if isinstance(task["key"], tuple) else task["key"]
+        name = str(key).lower().rsplit("-", 1)[0]  # "read_parquet-<token>" -> "read_parquet"
+        if name.startswith(("read_parquet", "readparquet")):
+            kind = "read"
+        elif name.startswith(("toparquet", "to_parquet", "to-parquet")):
+            kind = "write"
+        elif "shuffle" in name or "p2p" in name or name.startswith(("rearrange", "set_index", "sort_values")):
+            kind = "shuffle"
+        else:  # _forecast_partition and the index handling around it (reset_index)
+            kind = "forecast"
+        totals[kind] += sum(s["stop"] - s["start"] for s in task["startstops"] if s["action"] == "compute")
+    return totals
+
+
 def time_workers(n_workers: int, source: Path, target: Path, spec: ModelSpec, args, levels) -> dict:
     with (
         LocalCluster(
@@ -133,13 +158,16 @@ def time_workers(n_workers: int, source: Path, target: Path, spec: ModelSpec, ar
         baseline = client.run(warm_up, spec)
         cpu_before = client.run(cpu_seconds)
         started = time.perf_counter()
-        # The files hold disjoint, sorted id ranges, so the id index with known divisions skips the shuffle.
-        data = dd.read_parquet(source, index=COLUMNS.id_col, calculate_divisions=True)
-        forecasts = forecast_dask(spec, data, args.horizon, COLUMNS, levels, args.batch_size)
-        write_forecast(forecasts, str(target), client)
+        with get_task_stream(client) as stream:
+            # The files hold disjoint, sorted id ranges, so the id index with known divisions skips the shuffle.
+            data = dd.read_parquet(source, index=COLUMNS.id_col, calculate_divisions=True)
+            forecasts = forecast_dask(spec, data, args.horizon, COLUMNS, levels, args.batch_size)
+            write_forecast(forecasts, str(target), client)
         elapsed = time.perf_counter() - started
         cpu_used = sum(client.run(cpu_seconds).values()) - sum(cpu_before.values())
         peaks = client.run(peak_memory)
+    split = task_seconds(stream.data)
+    total = sum(split.values()) or 1.0
     rows = pq.ParquetDataset(target).read(columns=["series"]).num_rows
     if rows != args.series * args.horizon:
         raise RuntimeError(f"expected {args.series * args.horizon} forecast rows, found {rows}")
@@ -152,15 +180,18 @@ def time_workers(n_workers: int, source: Path, target: Path, spec: ModelSpec, ar
         "worker_cpu_seconds_per_1000_series": 1000 * cpu_used / args.series,
         "worker_rss_after_warm_up_mb": sorted(v / 2**20 for v in baseline.values()),
         "worker_peak_rss_mb": sorted(v / 2**20 for v in peaks.values()),
+        "task_seconds": split,
+        "time_share": {kind: seconds / total for kind, seconds in split.items()},
     }
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     levels = tuple(float(q) for q in args.quantiles.split(",")) if args.quantiles else ()
+    nonstationary = {"true": True, "false": False}.get(args.nonstationary.lower(), args.nonstationary)
     options = ForecastOptions(
         preprocessing=args.preprocessing,
-        nonstationary=False,
+        nonstationary=nonstationary,
         n_samples=args.samples,
         random_state=0,
     )
@@ -184,6 +215,11 @@ def main(argv=None) -> int:
                 f"peak RSS per worker {', '.join(f'{m:.0f}' for m in result['worker_peak_rss_mb'])} MB "
                 f"(after warm-up {', '.join(f'{m:.0f}' for m in result['worker_rss_after_warm_up_mb'])} MB)"
             )
+            shares = ", ".join(
+                f"{kind} {share:.0%} ({result['task_seconds'][kind]:.1f} task-s)"
+                for kind, share in result["time_share"].items()
+            )
+            print(f"  time in tasks: {shares}")
         one = next((r for r in results if r["workers"] == 1), None)
         for result in results:
             if one is not None and result["workers"] > 1:

@@ -9,7 +9,7 @@ absent), standardized per window as ``forecast()`` does. It prints:
 - the machine's single-thread float32 matmul peak (numpy, 1024 x 1024 x 1024), the yardstick
   for the achieved GFLOP/s, counted by ``step_flops`` (a FLOP model of one step);
 - the rollout backends side by side, called directly on the same model-space inputs: "batched"
-  (``batched_rollout.rollout_batched``), "numba" (the per-series kernel) and "torch" (the
+  (``rollout.batched.rollout_batched``), "numba" (the per-series kernel) and "torch" (the
   reference path; its ratio to each backend is the speed-up), for S = 1, 16, 256, 4096
   series at context 512 and horizon 1,000, and for one series at context 2,000 and horizon
   10,000: best of ``--repeats`` (wall and CPU seconds), series-steps per second and GFLOP/s.
@@ -47,7 +47,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from dynamix_adapters import engine  # noqa: E402
+from dynamix_adapters import rollout  # noqa: E402
+from dynamix_adapters.rollout.dispatch import BATCHED_MIN_PATHS  # noqa: E402
 
 SHARED = Path(os.environ.get("DYNAMIX_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 AGREEMENT_STEPS = 100
@@ -101,9 +102,9 @@ class Inputs:
         return cls(np.ascontiguousarray(standardized, dtype=np.float32))
 
     def arguments(self) -> tuple:
-        """(context, valid_from, x0, unit, streams), fresh streams on every call."""
+        """(context, valid_from, x0, unit, streams): one noise stream key per series."""
         batch = len(self.context)
-        streams = [np.random.default_rng([self.seed, b]) for b in range(batch)]
+        streams = rollout.stream_keys(self.seed, np.arange(batch, dtype=np.uint64), 1)
         return self.context, np.zeros(batch, dtype=np.int64), self.context[:, -1], np.arange(batch), streams
 
 
@@ -111,7 +112,8 @@ def run_backend(model, inputs: Inputs, horizon: int, backend: str) -> np.ndarray
     """(H, S, N) observed dims from one backend, on one thread."""
     context, valid_from, x0, unit, streams = inputs.arguments()
     labels = tuple(str(u) for u in range(len(context)))
-    return engine.rollout(model, engine.RolloutBatch(context, valid_from, x0, unit, streams, labels), horizon, backend)
+    batch = rollout.RolloutBatch(context, valid_from, x0, unit, streams, labels)
+    return rollout.rollout(model, batch, horizon, backend)
 
 
 def timed(func, repeats: int) -> tuple[float, float, object]:
@@ -270,9 +272,7 @@ def crossover(model, series: np.ndarray, repeats: int) -> None:
                 first = batch
             print(f"{length:>8}{batch:>8}{numba_cpu:>10.3f}{batched_cpu:>11.3f}{batched_cpu / numba_cpu:>17.2f}")
         print(f"context {length}: batched is faster from {first} series on")
-    from dynamix_adapters.engine import BATCHED_MIN_PATHS
-
-    print(f'engine.BATCHED_MIN_PATHS = {BATCHED_MIN_PATHS} ("auto" compares it with the sample paths per series)')
+    print(f"dispatch.BATCHED_MIN_PATHS = {BATCHED_MIN_PATHS} (compared with the sample paths per series)")
 
 
 def cold_start(model_name: str) -> None:

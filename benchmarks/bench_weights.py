@@ -16,6 +16,10 @@ path a user takes.
     python benchmarks/bench_weights.py [--weights [LABEL=]NAME_OR_PATH ...] [--official NAME_OR_PATH]
         [--seeds 0 1 2] [--markdown] [--plot attractors.png]
 
+``--track-b`` adds Track B's real series (sktime ``evaluate``, 9 datasets x 5 rolling
+origins, ``DynaMixForecaster`` with default settings, 100 paths, median point forecast),
+per weight set: median MASE, 80%/95% interval coverage and wQL.
+
 ``--plot`` draws truth, official and bundled forecasts (first seed, whole horizon) of
 the published series and Halvorsen as x-z projections, to see attractor against limit cycle.
 """
@@ -31,8 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from dynamix_adapters import forecast, load_model
-from dynamix_adapters.engine import DivergenceError
 from dynamix_adapters.metrics import power_spectrum_distance, state_space_divergence
+from dynamix_adapters.rollout import DivergenceError
 from dynamix_adapters.training.corpus import HELD_OUT_SYSTEMS, CorpusConfig, generate_trajectory
 from dynamix_adapters.weights import BUNDLED_MODEL, OFFICIAL_MODEL
 
@@ -42,6 +46,7 @@ OFFICIAL_FILE = SHARED / "models" / f"{OFFICIAL_MODEL}.safetensors"
 # Held-out systems that the authors' training corpus contains (see the training recipe notes).
 IN_AUTHORS_CORPUS = ("Aizawa", "Arneodo", "Rossler", "NewtonLiepnik", "Rucklidge", "ShimizuMorioka", "SprottK", "Chen")
 METRICS = ("D_stsp", "D_H")
+TRACK_B_METRICS = ("MASE", "coverage_80", "coverage_95", "wQL")
 
 
 def published_cases(horizon: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -191,6 +196,27 @@ def sktime_default_cases(model_ref, cases: dict[str, tuple[np.ndarray, np.ndarra
     return results
 
 
+def track_b_defaults(model_ref) -> dict[str, tuple[float, float, float]]:
+    """Track B with ``DynaMixForecaster``'s defaults: {metric: (median, 25th, 75th percentile)} over all windows."""
+    import pandas as pd
+
+    from dynamix_adapters import DynaMixForecaster
+    from dynamix_adapters.benchmark import real_world
+
+    rows = []
+    for dataset in real_world.DATASETS.values():
+        forecaster = DynaMixForecaster(
+            model=model_ref, n_samples=100, point_forecast="median", random_state=real_world.FORECAST_SEED
+        )
+        rows += real_world.evaluate_model(str(model_ref), forecaster, dataset, dataset.load(), windows=5)
+    frame = pd.DataFrame(rows)
+    failed = frame[frame["status"] != "ok"]
+    if len(failed):
+        raise RuntimeError(f"Track B failed for {model_ref}: {failed['status'].tolist()}")
+    # wQL is NaN on all-zero windows (PBS), which have no scale.
+    return {metric: summary(frame[metric].dropna().tolist()) for metric in TRACK_B_METRICS}
+
+
 def parse_weight_sets(values: list[str]) -> dict[str, str]:
     """``LABEL=NAME_OR_PATH`` items -> {label: reference}; a bare name is its own label."""
     weight_sets = {}
@@ -220,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-seed", type=int, default=2024, help="seed of the held-out trajectories")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="forecast seeds, the same for all")
     parser.add_argument("--no-sktime", action="store_true", help="skip the published series through sktime's adapter")
+    parser.add_argument("--track-b", action="store_true", help="also run Track B's real series with default settings")
     parser.add_argument("--markdown", action="store_true", help="also print the tables as markdown")
     parser.add_argument("--plot", type=Path, help="save attractor plots of the published series and Halvorsen here")
     args = parser.parse_args(argv)
@@ -262,6 +289,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"{o[0]:>12.3f} [{o[1]:.3f}, {o[2]:.3f}] {r:>6.2f}" for o, r in zip(others, ratios, strict=True)
             )
             print(f"{group:<28} {metric:<7} {official[0]:>8.3f} [{official[1]:.3f}, {official[2]:.3f}] {cells}")
+    track_b = {label: track_b_defaults(references[label]) for label in models} if args.track_b else {}
+    if track_b:
+        print("\nTrack B, default settings (45 windows; median [IQR]; ratio = weight set / official):")
+        for metric in TRACK_B_METRICS:
+            official = track_b["official"][metric]
+            print(
+                f"  {metric:<12} "
+                + "  ".join(
+                    f"{label} {v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}] ({v[0] / official[0]:.2f})"
+                    for label, v in ((label, track_b[label][metric]) for label in models)
+                )
+            )
     print("\namplitude (forecast std / data std, median over seeds):")
     for name in PUBLISHED:
         print(f"  {name:<10} " + "  ".join(f"{label} {results[label][name]['amplitude']:.2f}" for label in models))
@@ -286,6 +325,15 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"| {group} | {count} | {metric} | {official[0]:.3f} [{official[1]:.3f}, {official[2]:.3f}] | {cells} |"
             )
+        if track_b:
+            print("\n| Track B, defaults | " + " | ".join(models) + " |")
+            print("|---|" + "---|" * len(models))
+            for metric in TRACK_B_METRICS:
+                print(
+                    f"| {metric} | "
+                    + " | ".join(f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]" for v in (track_b[m][metric] for m in models))
+                    + " |"
+                )
         print("\n| series | " + " | ".join(f"{label} amplitude" for label in models) + " |")
         print("|---|" + "---|" * len(models))
         for name in PUBLISHED:

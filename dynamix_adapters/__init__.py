@@ -11,11 +11,11 @@ True
 
 from importlib import import_module
 
-from .engine import DivergenceError, DivergenceWarning
 from .forecast import forecast
 from .model import Architecture, DynaMix
 from .options import ForecastOptions
 from .pipeline import DynaMixPipeline
+from .rollout import DivergenceError, DivergenceWarning
 from .weights import DEFAULT_MODEL, OFFICIAL_MODEL, known_models, load_model
 
 _ADAPTERS = {

@@ -18,8 +18,8 @@ from tqdm import tqdm
 from .options import ForecastOptions
 from .panel import DEFAULT_BATCH_SIZE, LongFormat, ModelSpec, forecast_long_batches, forecast_schema, long_series
 from .pipeline import DynaMixPipeline
-from .preprocessing import EMBEDDINGS
 from .training.finetune import FinetuneConfig, finetune
+from .transforms.preprocessing import EMBEDDINGS
 from .weights import DEFAULT_MODEL, describe_models
 
 QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
@@ -256,14 +256,15 @@ def _forecast_command(args) -> int:
         random_state=args.seed,
     )
     context = data.to_numpy()
-    point = pipeline.predict(context, args.horizon)  # (H, D)
+    chosen = pipeline.choose_settings(context)
+    point = pipeline.predict(context, args.horizon, settings=chosen)  # (H, D)
     if "auto" in (args.preprocessing, args.nonstationary):
-        chosen = pipeline.selections[0].record()
+        record = chosen[0].record()
         print(
-            f"auto chose preprocessing={chosen['preprocessing']}, nonstationary={chosen['nonstationary']}",
+            f"auto chose preprocessing={record['preprocessing']}, nonstationary={record['nonstationary']}",
             file=sys.stderr,
         )
-    samples = pipeline.predict_samples(context, args.horizon) if args.samples > 0 else None  # (P, H, D)
+    samples = pipeline.predict_samples(context, args.horizon, settings=chosen) if args.samples > 0 else None
     result = pd.DataFrame(point, columns=data.columns, index=future_index(index, args.horizon))
     result.index.name = "time"
     if samples is not None:

@@ -15,6 +15,7 @@ import numpy as np
 from darts import TimeSeries
 from darts.models.forecasting.forecasting_model import LocalForecastingModel
 from darts.utils.serialization import add_safe_globals
+from darts.utils.utils import MAX_NUMPY_SEED_VALUE
 
 from .options import OPTIONS_DOC, ForecastOptions
 from .pipeline import DynaMixPipeline
@@ -33,13 +34,16 @@ class DynaMixModel(LocalForecastingModel):
 
     ``historical_forecasts`` and ``backtest`` accept ``retrain=False``, the fast path:
     fit once (on any series), and every window is forecast from the history before it
-    by that one model, instead of a fresh model built and fitted per window. With
-    ``retrain=True`` and ``train_length``, each window's forecast conditions on the
-    ``train_length`` points the model was refitted on: after ``fit(window)``,
-    ``predict(series=history)`` forecasts from the window when ``history`` ends with it.
+    by that one model, instead of a fresh model built and fitted per window; its point
+    forecasts are those of ``retrain=True``. With ``retrain=True`` and ``train_length``,
+    each window's forecast conditions on the ``train_length`` points the model was
+    refitted on: after ``fit(window)``, ``predict(series=history)`` forecasts from the
+    window when ``history`` ends with it.
 
-    The torch model is loaded lazily at fit through a per-process cache and is never
-    pickled: ``save``/``load`` store only the parameters and the training series.
+    The torch model is loaded lazily at fit through a per-process cache, once per fitted
+    model, and is never pickled: ``save``/``load`` store only the parameters, the training
+    series and the random stream's position, and the loaded model finds the weights in
+    the cache again.
 
     Parameters
     ----------
@@ -47,15 +51,27 @@ class DynaMixModel(LocalForecastingModel):
 
     Notes
     -----
-    Randomness follows darts' contract. A seeded model draws a new seed for every
-    ``predict`` call from a stream that ``fit`` restarts: two consecutive predictions
-    differ, a refit or a fresh model with the same ``random_state`` repeats them, and
-    ``save``/``load`` continue the stream. ``predict(..., random_state=k)`` pins one call.
-    With ``random_state=None`` every call draws its seed from numpy's global generator, so
-    ``np.random.seed`` makes a script reproducible. Within one call, a series' draws depend
-    only on the seed and its own values, never on the other series of a list. For a
-    reproducible backtest, fix ``random_state`` and fit (or use ``retrain=True``) right
-    before it.
+    Randomness follows darts' rule for random models (``darts.utils.torch.random_method``).
+
+    - A point forecast (``num_samples=1``, whatever ``point_forecast`` says) is deterministic:
+      it depends only on ``random_state``, the options and the input series, so it is the
+      same on every call, after ``save``/``load``, and with ``retrain=True`` or
+      ``retrain=False`` in ``historical_forecasts`` and ``backtest``. It draws nothing from
+      the model's random stream. With ``random_state=None`` it is the point forecast of
+      ``random_state=0``: ``retrain=True`` builds a fresh model for every window, and each
+      window must still get the forecast of ``retrain=False``.
+    - Sample paths (``num_samples > 1``) come from the model's random stream, created at
+      construction from ``random_state`` (or, when it is None, from numpy's global
+      generator, so ``np.random.seed`` before construction makes a script reproducible).
+      Every call that draws samples takes the next seed of the stream: consecutive calls
+      differ, ``fit`` does not restart the stream, a fresh model with the same
+      ``random_state`` repeats the sequence (its first call equals
+      ``predict(..., random_state=random_state)``), and ``save``/``load`` continue it.
+      ``predict(..., random_state=k)`` pins one call and leaves the stream where it was.
+      Two unseeded models draw different samples.
+
+    Within one call, a series' draws depend only on the seed and its own values, never on
+    the other series of a list.
 
     Examples
     --------
@@ -104,11 +120,25 @@ class DynaMixModel(LocalForecastingModel):
         ForecastOptions(**ForecastOptions.pick(self.model_params))
         # Until a series is seen, assume a univariate one: it needs the longest context.
         self._fit_components = 1
+        # darts' random rule: the model's stream of sampling seeds starts here, from random_state or numpy's
+        # global generator. Plain data (seed, draws so far), so save/load continue it under darts' restricted
+        # unpickler. Point forecasts use random_state (0 when None) and never advance the stream.
+        self._stream_seed = int(np.random.randint(0, MAX_NUMPY_SEED_VALUE)) if random_state is None else random_state
+        self._sampling_calls = 0
+        # One pipeline per model, built at first use (fit at the latest); pickles leave it out.
+        self._loaded_pipeline: DynaMixPipeline | None = None
+
+    def __getstate__(self) -> dict:
+        # The torch model stays in this process' cache; after loading, the first use finds it there again.
+        return {**self.__dict__, "_loaded_pipeline": None}
 
     @property
     def _pipeline(self) -> DynaMixPipeline:
-        """The model (loaded once per process) with this model's options."""
-        return DynaMixPipeline.from_pretrained(self.model, self.device, **ForecastOptions.pick(self.model_params))
+        """The model (loaded once per process) with this model's options; resolved once per model."""
+        if self._loaded_pipeline is None:
+            options = ForecastOptions.pick(self.model_params)
+            self._loaded_pipeline = DynaMixPipeline.from_pretrained(self.model, self.device, **options)
+        return self._loaded_pipeline
 
     @property
     def supports_multivariate(self) -> bool:
@@ -151,8 +181,6 @@ class DynaMixModel(LocalForecastingModel):
         _reject_covariates(past_covariates, future_covariates)
         _observed_values(series, "series")
         self._fit_components = series.n_components
-        # darts' contract: a seeded model's stream of per-call seeds starts again at every fit.
-        self._predict_calls = 0
         super().fit(series, verbose=verbose)
         return self
 
@@ -179,12 +207,13 @@ class DynaMixModel(LocalForecastingModel):
         past_covariates, future_covariates : None
             Not supported: DynaMix forecasts from the target alone.
         num_samples : int
-            1 returns the point forecast chosen by ``point_forecast``; more returns that
-            many model sample paths as a stochastic series.
+            1 returns the point forecast chosen by ``point_forecast``, the same on every call;
+            more returns that many model sample paths as a stochastic series, drawn with the
+            next seed of the model's random stream.
         verbose, show_warnings : bool
             Unused; kept for darts' interface.
         random_state : int, optional
-            Seed for this call only; the model's stream of seeds does not advance.
+            Seed for this call only; the model's random stream does not advance.
 
         Returns
         -------
@@ -198,7 +227,7 @@ class DynaMixModel(LocalForecastingModel):
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}.")
         super().predict(n, num_samples)
         if random_state is None:
-            random_state = self._next_seed()
+            random_state = self._point_seed() if num_samples == 1 else self._next_sampling_seed()
         if series is None or isinstance(series, TimeSeries):
             return self._forecast([self._context_of(series)], n, num_samples, random_state, ["series"])[0]
         if not isinstance(series, Sequence) or not series:
@@ -206,19 +235,16 @@ class DynaMixModel(LocalForecastingModel):
         names = [f"series[{i}]" for i in range(len(series))]
         return self._forecast(list(series), n, num_samples, random_state, names)
 
-    def _next_seed(self) -> int:
-        """This call's seed: the next of the model's stream, or a draw of numpy's global generator without a seed.
+    def _point_seed(self) -> int:
+        """The seed of every point forecast: fixed even unseeded, as each retrain=True window is a fresh model."""
+        return 0 if self.random_state is None else self.random_state
 
-        The stream is (random_state, call count): plain data, so ``save``/``load`` continue it
-        under darts' restricted unpickler. The first call after a fit uses ``random_state`` itself.
-        """
-        if self.random_state is None:
-            return int(np.random.randint(0, 2**31 - 1))
+    def _next_sampling_seed(self) -> int:
+        """The next seed of the model's stream: the first is the stream's seed itself, then derived ones."""
         with _SEED_LOCK:  # concurrent predicts each take their own seed of the stream
-            calls, self._predict_calls = self._predict_calls, self._predict_calls + 1
-        return (
-            self.random_state if calls == 0 else int(np.random.default_rng([self.random_state, calls]).integers(2**63))
-        )
+            calls, self._sampling_calls = self._sampling_calls, self._sampling_calls + 1
+        seed = self._stream_seed
+        return seed if calls == 0 else int(np.random.default_rng([seed, calls]).integers(2**63))
 
     def _context_of(self, series: TimeSeries | None) -> TimeSeries:
         """The fitted series when ``series`` only extends it backwards in time, else ``series``.
@@ -256,16 +282,17 @@ class DynaMixModel(LocalForecastingModel):
         for members in by_width.values():
             batch = [contexts[i] for i in members]
             labels = [names[i] for i in members]
+            chosen = pipeline.choose_settings(batch)
             if num_samples == 1:
-                point = pipeline.predict(batch, n, names=labels)  # (H, S, D)
+                point = pipeline.predict(batch, n, names=labels, settings=chosen)  # (H, S, D)
                 for k, i in enumerate(members):
                     values[i] = point[:, k, :]
             else:
-                paths = pipeline.sample_paths(batch, n, num_samples, names=labels)  # (P, H, S, D)
+                paths = pipeline.sample_paths(batch, n, num_samples, names=labels, settings=chosen)  # (P, H, S, D)
                 for k, i in enumerate(members):
                     values[i] = paths[:, :, k, :].transpose(1, 2, 0)
             for k, i in enumerate(members):
-                selections[i] = pipeline.selections[k].record()
+                selections[i] = chosen[k].record()
         # What "auto" chose for each series of the latest predict (selection.py): preprocessing, nonstationary.
         self.selections_ = selections
         return [self._build_forecast_series(v, input_series=s) for v, s in zip(values, inputs, strict=True)]

@@ -35,7 +35,7 @@ def forecast(model, context, horizon: int, *, n_samples: int | None = None, init
     **options
         :class:`~dynamix_adapters.options.ForecastOptions` fields (``preprocessing``,
         ``standardize``, ``nonstationary``, ``random_state``, ``context_length``), and
-        ``backend``: "auto" or a name from ``engine.BACKENDS``.
+        ``backend``: "auto" or a name from ``rollout.BACKENDS``.
 
     Returns
     -------
@@ -52,7 +52,7 @@ def forecast(model, context, horizon: int, *, n_samples: int | None = None, init
     DivergenceError
         A ValueError, when any trajectory diverges. Policy: stop and raise, never
         clamp. A rollout has diverged when its state turns non-finite or exceeds
-        ``engine.EXPLOSION_FACTOR`` (10) times the largest magnitude of its context in
+        ``rollout.dispatch.EXPLOSION_FACTOR`` (10) times the largest magnitude of its context in
         the model's standardized space (at least 10); from there DynaMix does not
         return to the attractor, so every later value would be meaningless. The
         message, also logged as a warning, names each diverged series and its first

@@ -7,12 +7,12 @@ the one description of every option; the adapters' docstrings include it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields, replace
 from numbers import Integral
 
 import numpy as np
 
-from .preprocessing import check_preprocessing
+from .transforms.preprocessing import check_preprocessing
 
 POINT_FORECASTS = ("path", "median", "mean")
 DIVERGENCE_POLICIES = ("raise", "nan")
@@ -73,7 +73,8 @@ class ForecastOptions:
         return {k: v for k, v in params.items() if k in cls.names()}
 
     def replace(self, **changes) -> ForecastOptions:
-        return type(self)(**{**asdict(self), **changes})
+        # dataclasses.replace copies no field (asdict deep-copies them all) and still validates the result.
+        return replace(self, **changes)
 
     def trim(self, series):
         """The last ``context_length`` observations of a (T, D) series (all of it when None)."""
@@ -99,15 +100,17 @@ OPTIONS_DOC = """\
     preprocessing : str, default="auto"
         How series with fewer dims than the model (3) are embedded: "pos_embedding",
         "delay_embedding", "delay_embedding_random" or "zero_embedding". Series with more
-        dims are forecast one dim at a time (each dim embedded). "auto" chooses per series
-        by in-context validation: 3 overlapping windows at the end of the context (each
-        min(16, T/5) steps, whatever the horizon, so a forecast's first steps never change
-        with how far it reaches) are forecast from the history before them with
-        "delay_embedding", "pos_embedding" and "delay_embedding_random", and the one with
-        the lowest validation MASE (mean absolute error over the mean one-step change) is
-        kept; another must beat "delay_embedding" by 10% to replace it. A series with as
-        many dims as the model needs no embedding. The choice is reported (``DynaMixPipeline.selections``, sktime
-        ``get_fitted_params()``, darts ``selections_``, the CLI's log).
+        dims are forecast one dim at a time (each dim embedded, and chosen for, as its own
+        series). "auto" chooses per series (per dim of a wider one) by in-context
+        validation: 3 overlapping windows at the end of the context (each min(16, T/5)
+        steps, whatever the horizon, so a forecast's first steps never change with how far
+        it reaches) are forecast from the history before them with "delay_embedding",
+        "pos_embedding" and "delay_embedding_random", and the one with the lowest
+        validation MASE (mean absolute error over the mean one-step change) is kept;
+        another must beat "delay_embedding" by 10% to replace it. A series with as many
+        dims as the model needs no embedding. The choice is reported
+        (``DynaMixPipeline.choose_settings``, sktime ``get_fitted_params()``, darts
+        ``selections_``, the CLI's log).
     standardize : bool, default=True
         Z-score each series and dim over its context, and undo it on the forecast.
     nonstationary : bool or "auto", default="auto"
@@ -115,8 +118,11 @@ OPTIONS_DOC = """\
         on the forecast; for trending series. "auto" validates both, as ``preprocessing``
         does; the transform must beat the best stationary candidate by 25% to be kept.
         With either option "auto", the same validation forecasts calibrate the sample paths
-        behind intervals, quantiles, variances and "median"/"mean" point forecasts: their
-        spread at each step is set to the validation error (see ``calibration``). Contexts
+        behind intervals, quantiles, variances and "median"/"mean" point forecasts: each
+        path starts from the last observation perturbed by the one-step validation error and
+        stays a trajectory of the model; on the validated horizon the spread around the
+        median is set to the validation error, beyond it the spread is the model's own (see
+        ``calibration``). Contexts
         too short for validation (fewer than 10 observations before the first window) get
         pos_embedding, stationary, and the model's own, uncalibrated spread. With both
         options explicit, forecasts are exactly those of earlier versions, uncalibrated.

@@ -30,9 +30,9 @@ from numbers import Integral, Real
 import numpy as np
 import pandas as pd
 
-from .noise import seed_entropy
 from .options import ForecastOptions
 from .pipeline import DynaMixPipeline
+from .rollout import seed_entropy
 from .weights import load_model
 
 # Series per pipeline call: large enough that the rollout's per-call overhead is negligible, small enough that a
@@ -399,11 +399,12 @@ def _predict(pipeline, series: dict, names: dict, horizon: int, levels: list[flo
 
 
 def _predict_stacked(pipeline, series: list[np.ndarray], names: list[str], horizon: int, levels) -> np.ndarray:
-    """(1 + Q, H, S, D): the point forecast and the quantiles of each series."""
-    point = pipeline.predict(series, horizon, names=names)[None]  # (1, H, S, D)
+    """(1 + Q, H, S, D): the point forecast and the quantiles of each series, from one choice of settings."""
+    chosen = pipeline.choose_settings(series)
+    point = pipeline.predict(series, horizon, names=names, settings=chosen)[None]  # (1, H, S, D)
     if not levels:
         return point
-    quantiles, _ = pipeline.predict_quantiles(series, horizon, levels, names=names)  # (Q, H, S, D)
+    quantiles, _ = pipeline.predict_quantiles(series, horizon, levels, names=names, settings=chosen)  # (Q, H, S, D)
     return np.concatenate([point, quantiles])
 
 

@@ -4,12 +4,15 @@ One forecast call flows one way::
 
     context (T, N) | (T, S, N) | list of (T_s, N)
       -> input transform   series list, checked and trimmed to ``context_length``
-      -> select            "auto" options: each series' setting by in-context validation (selection.py)
-      -> encode            one SeriesEncoding per series (trend, scaler, embedding or split)
-      -> RolloutBatch      left-padded contexts, starts, per-trajectory noise streams
+      -> units             each series, or each dim of a series wider than the model (ForecastUnits)
+      -> select            "auto" options: each unit's setting by in-context validation (selection.py)
+      -> encode            one BatchEncoding of all units (trend, scaler, embedding), as arrays
+      -> RolloutBatch      left-padded contexts, starts (calibrated units: perturbed per path,
+                           calibration.py), per-trajectory noise stream keys
       -> rollout           (H, B, N) in model space, on the numba or torch backend
-      -> decode            each SeriesEncoding inverts its own transforms
-      -> calibrate         validated series: sample paths spread to the validation error (calibration.py)
+      -> decode            the BatchEncoding inverts each unit's own transforms, for all at once
+      -> calibrate         validated units: spread matched to the validation error on the
+                           validated horizon, the model's own beyond (calibration.py)
       -> output transform  (P, H, [S,] N) in the caller's layout
 
 Random draws come from streams keyed by (seed, series content, path), so a series gets
@@ -21,27 +24,30 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from numbers import Integral
 
 import numpy as np
 import torch
 
-from .encoding import SeriesEncoding
-from .engine import (
+from .calibration import perturbed_starts
+from .model import DynaMix
+from .options import AUTO, ForecastOptions
+from .rollout import (
     DivergenceError,
     DivergenceWarning,
     RolloutBatch,
     check_backend,
     check_divergence,
+    content_key,
     diverged_steps,
     rollout,
+    seed_entropy,
+    stream_keys,
 )
-from .model import DynaMix
-from .noise import content_key, seed_entropy
-from .options import AUTO, ForecastOptions
-from .preprocessing import EMBEDDINGS, min_context_length
 from .selection import Selection, select
+from .transforms.encoding import BatchEncoding
+from .transforms.preprocessing import EMBEDDINGS, min_context_length
 from .weights import load_model
 
 DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -91,7 +97,7 @@ class DynaMixPipeline:
     options : ForecastOptions, optional
         Forecasting options; defaults to ``ForecastOptions()``.
     backend : str
-        Rollout implementation: "auto" or a name from ``engine.BACKENDS``.
+        Rollout implementation: "auto" or a name from ``rollout.BACKENDS``.
 
     Examples
     --------
@@ -110,8 +116,6 @@ class DynaMixPipeline:
         self.model = model
         self.options = options or ForecastOptions()
         self.backend = check_backend(backend)
-        # What "auto" chose per series in the latest forecast (selection.Selection.record() reads it).
-        self.selections: list[Selection] = []
 
     @classmethod
     def from_pretrained(
@@ -153,60 +157,69 @@ class DynaMixPipeline:
                     f"Pass a longer history{alternative}."
                 )
 
-    def choose_settings(self, context) -> list[dict]:
+    def choose_settings(self, context) -> list[Selection]:
         """What "auto" picks for each series of ``context``, without forecasting (any horizon gets the same).
 
-        One ``Selection.record()`` per series (preprocessing, nonstationary, validation windows
-        and MASE); with explicit options, those options. Also kept in ``self.selections``.
+        One :class:`~dynamix_adapters.selection.Selection` per series (``record()`` gives
+        preprocessing, nonstationary, validation windows and MASE as plain data); with explicit
+        options, those options. Pass the list as ``settings`` to the forecast methods on the
+        same context to forecast with these choices without validating again.
         """
         series = [self.options.trim(s) for s in SeriesInput.of(context).series]
-        entropy = seed_entropy(self.options.random_state)
-        self.selections = select(self, series, entropy, False)
-        return [choice.record() for choice in self.selections]
+        units = ForecastUnits.of(series, None, None, self.model.arch.N)
+        return units.group(select(self, units.series, seed_entropy(self.options.random_state), False))
 
-    def sample_paths(self, context, horizon: int, n_samples: int | None = None, *, names=None, initial_x=None):
+    def sample_paths(
+        self, context, horizon: int, n_samples: int | None = None, *, names=None, initial_x=None, settings=None
+    ):
         """Sample paths (n_samples, H, [S,] D) in data scale; ``n_samples`` defaults to the options'.
 
         ``names`` label the series in errors (default "series 0", ...). ``initial_x`` starts
         the rollout there instead of at the last context frame: (k,) or (S, k), k <= D, in
-        data scale; missing model dims come from the context frame nearest to it.
+        data scale; missing model dims come from the context frame nearest to it. ``settings``
+        is what :meth:`choose_settings` returned for this context (default: choose now).
         """
         inputs = SeriesInput.of(context)
         n_paths = positive_int(self.options.n_samples if n_samples is None else n_samples, "n_samples")
-        paths = self._forecast(inputs.series, horizon, n_paths, names, initial_x)
+        paths = self._forecast(inputs.series, horizon, n_paths, names, initial_x, settings)
         return inputs.output(paths)
 
-    def predict(self, context, horizon: int, *, names=None) -> np.ndarray:
+    def predict(self, context, horizon: int, *, names=None, settings=None) -> np.ndarray:
         """Point forecast (H, [S,] D), as ``options.point_forecast`` says."""
         inputs = SeriesInput.of(context)
         if self.options.point_forecast == "path":
-            return inputs.output(self._forecast(inputs.series, horizon, 1, names, None)[0])
-        samples = self._samples(inputs.series, horizon, names)
+            return inputs.output(self._forecast(inputs.series, horizon, 1, names, None, settings)[0])
+        samples = self._samples(inputs.series, horizon, names, settings)
         point = np.median(samples, axis=0) if self.options.point_forecast == "median" else samples.mean(axis=0)
         return inputs.output(point)
 
-    def predict_quantiles(self, context, horizon: int, quantile_levels=DEFAULT_QUANTILES, *, names=None):
+    def predict_quantiles(self, context, horizon: int, quantile_levels=DEFAULT_QUANTILES, *, names=None, settings=None):
         """Quantiles (Q, H, [S,] D) and mean (H, [S,] D) over ``options.n_samples`` sample paths."""
         inputs = SeriesInput.of(context)
-        samples = self._samples(inputs.series, horizon, names)
+        samples = self._samples(inputs.series, horizon, names, settings)
         quantiles = np.quantile(samples, list(quantile_levels), axis=0)
         return inputs.output(quantiles), inputs.output(samples.mean(axis=0))
 
-    def predict_samples(self, context, horizon: int, *, names=None) -> np.ndarray:
+    def predict_samples(self, context, horizon: int, *, names=None, settings=None) -> np.ndarray:
         """The ``options.n_samples`` sample paths behind quantiles, variances and median/mean point forecasts.
 
-        With ``point_forecast="path"`` path 0 of the same draw is the point forecast, so these
-        are paths 1..n_samples: the point forecast is never one of its own samples.
+        With ``point_forecast="path"`` these are paths 1..n_samples of a draw whose path 0 has
+        the point forecast's gating noise: the point forecast is never one of its own samples
+        (for a calibrated series it also starts unperturbed, at the last observation).
         """
         inputs = SeriesInput.of(context)
-        return inputs.output(self._samples(inputs.series, horizon, names))
+        return inputs.output(self._samples(inputs.series, horizon, names, settings))
 
-    def _samples(self, series: list[np.ndarray], horizon: int, names) -> np.ndarray:
+    def _samples(self, series: list[np.ndarray], horizon: int, names, settings) -> np.ndarray:
         extra = 1 if self.options.point_forecast == "path" else 0
-        return self._forecast(series, horizon, self.options.n_samples + extra, names, None)[extra:]
+        return self._forecast(series, horizon, self.options.n_samples + extra, names, None, settings)[extra:]
 
-    def _forecast(self, series: list[np.ndarray], horizon: int, n_paths: int, names, initial_x) -> np.ndarray:
-        """encode -> rollout -> decode: (n_paths, H, S, D) in data scale."""
+    def _forecast(self, series: list[np.ndarray], horizon: int, n_paths: int, names, initial_x, settings) -> np.ndarray:
+        """select -> encode -> rollout -> decode -> calibrate: (n_paths, H, S, D) in data scale.
+
+        Everything the call computes stays in locals (the pipeline keeps no per-call state), so
+        threads may share one pipeline.
+        """
         horizon = positive_int(horizon, "horizon")
         series = [self.options.trim(s) for s in series]
         self._check_shortest(series)
@@ -214,53 +227,56 @@ class DynaMixPipeline:
         starts = initial_points(
             initial_x, len(series), series[0].shape[1], self.model.arch.N, self.options.nonstationary is True
         )
+        units = ForecastUnits.of(series, labels, starts, self.model.arch.N)
         entropy = seed_entropy(self.options.random_state)
-        self.selections = select(self, series, entropy, starts is not None)
-        encodings = [
-            SeriesEncoding.fit(
-                x, choice.options(self.options), self.model.arch.N, entropy, None if starts is None else starts[s]
-            )
-            for s, (x, choice) in enumerate(zip(series, self.selections, strict=True))
-        ]
-        batch = self._batch(encodings, labels, n_paths, entropy)
+        if settings is None:
+            choices = select(self, units.series, entropy, starts is not None)
+        else:
+            choices = checked_settings(settings, units, starts is not None)
+        encoding = BatchEncoding.fit(
+            units.series,
+            [choice.preprocessing for choice in choices],
+            [choice.nonstationary for choice in choices],
+            standardize=self.options.standardize,
+            model_dims=self.model.arch.N,
+            entropy=entropy,
+            starts=None if starts is None else np.stack(units.starts),
+        )
+        batch = self._batch(encoding, units.labels, n_paths, entropy)
+        if n_paths > 1:
+            spreads = [choice.spread for choice in choices]
+            batch = replace(batch, x0=perturbed_starts(batch.x0, encoding, spreads, units.series, entropy))
         observed = rollout(self.model, batch, horizon, self.backend)  # (H, P*U, N)
-        diverged = self._diverged_series(observed, batch, encodings)
-        observed = observed.reshape(horizon, n_paths, -1, self.model.arch.N)  # (H, P, U, N)
-        out, first_unit = [], 0
-        for encoding in encodings:
-            units = len(encoding.units)
-            out.append(encoding.decode(observed[:, :, first_unit : first_unit + units]))
-            first_unit += units
-        paths = np.stack(out, axis=2)  # (P, H, S, D)
+        diverged = self._diverged_units(observed, batch)
+        paths = encoding.decode(observed.reshape(horizon, n_paths, -1, self.model.arch.N))  # (P, H, U, d)
         paths[:, :, diverged] = np.nan
-        self._check_overflow(paths, labels, diverged)
-        return self._calibrate(paths, series, entropy) if n_paths > 1 else paths
+        self._check_overflow(paths, units.labels, diverged, any(choice.nonstationary for choice in choices))
+        if n_paths > 1:
+            paths = self._calibrate(paths, units.series, choices)
+        return units.merge(paths)
 
-    def _calibrate(self, paths: np.ndarray, series: list[np.ndarray], entropy: int) -> np.ndarray:
-        """paths (P, H, S, D): each validated series' paths spread to its validation error (calibration.py)."""
-        for s, (x, choice) in enumerate(zip(series, self.selections, strict=True)):
+    @staticmethod
+    def _calibrate(paths: np.ndarray, series: list[np.ndarray], choices: list[Selection]) -> np.ndarray:
+        """paths (P, H, U, d): each validated unit's spread matched to its validation error (calibration.py)."""
+        for u, (x, choice) in enumerate(zip(series, choices, strict=True)):
             if choice.spread is not None:
-                # Keyed by the series' values like its paths' streams, so batching never changes the draws.
-                rng = np.random.default_rng([entropy, content_key(x), 0, 1])
-                paths[:, :, s] = choice.spread.apply(paths[:, :, s], x.std(axis=0), rng)
+                paths[:, :, u] = choice.spread.match(paths[:, :, u], x.std(axis=0))
         return paths
 
-    def _diverged_series(self, observed: np.ndarray, batch: RolloutBatch, encodings: list[SeriesEncoding]) -> list[int]:
-        """Series with a diverged trajectory: an error under on_divergence="raise", else a warning naming them."""
+    def _diverged_units(self, observed: np.ndarray, batch: RolloutBatch) -> list[int]:
+        """Units with a diverged trajectory: an error under on_divergence="raise", else a warning naming them."""
         try:
             check_divergence(observed, batch)
         except DivergenceError as error:
             if self.options.on_divergence == "raise":
                 raise
             warnings.warn(f"{error} Returning NaN for {', '.join(error.labels)}.", DivergenceWarning, stacklevel=4)
-            series_of_unit = np.repeat(np.arange(len(encodings)), [len(e.units) for e in encodings])
             bad = diverged_steps(observed, batch) >= 0  # (B,)
-            return sorted(set(series_of_unit[batch.unit[bad]].tolist()))
+            return sorted(set(batch.unit[bad].tolist()))
         return []
 
-    def _check_overflow(self, paths: np.ndarray, labels: list[str], diverged: list[int]) -> None:
+    def _check_overflow(self, paths: np.ndarray, labels: list[str], diverged: list[int], nonstationary: bool) -> None:
         """Finite model output can still overflow on the way back to data scale: raise, or NaN and warn."""
-        nonstationary = any(choice.nonstationary for choice in self.selections)
         kept = np.setdiff1d(np.arange(paths.shape[2]), diverged)
         try:
             raise_if_overflowed(paths[:, :, kept], [labels[s] for s in kept], nonstationary)
@@ -280,27 +296,18 @@ class DynaMixPipeline:
                 f"dims needs at least {needed}. Pass a longer context."
             )
 
-    def _batch(self, encodings: list[SeriesEncoding], labels: list[str], n_paths: int, entropy: int) -> RolloutBatch:
-        """All units of all series, left-padded, with ``n_paths`` trajectories per unit (path-major)."""
-        units = [unit for encoding in encodings for unit in encoding.units]
-        split = len(encodings[0].units) > 1
-        dims = len(encodings[0].scaler.mean)
-        unit_labels = [f"{label} (dim {d})" for label in labels for d in range(dims)] if split else labels
-        length = max(len(unit.frames) for unit in units)
-        context = np.zeros((len(units), length, self.model.arch.N), dtype=np.float32)
+    def _batch(self, encoding: BatchEncoding, labels: list[str], n_paths: int, entropy: int) -> RolloutBatch:
+        """The encoding's units (named by ``labels``), left-padded, with ``n_paths`` trajectories each (path-major)."""
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported just below
-            for u, unit in enumerate(units):
-                context[u, length - len(unit.frames) :] = unit.frames
-            starts = np.stack([unit.start for unit in units]).astype(np.float32)
-        self._raise_if_unrepresentable(context, starts, unit_labels)
-        streams = [np.random.default_rng([entropy, unit.key, path + 1]) for path in range(n_paths) for unit in units]
+            starts = encoding.starts.astype(np.float32)
+        self._raise_if_unrepresentable(encoding.context, starts, labels)  # the context is float32 already
         return RolloutBatch(
-            context=context,
-            valid_from=np.array([length - len(unit.frames) for unit in units]),
+            context=encoding.context,
+            valid_from=encoding.valid_from,
             x0=np.tile(starts, (n_paths, 1)),
-            unit=np.tile(np.arange(len(units)), n_paths),
-            streams=streams,
-            labels=tuple(unit_labels),
+            unit=np.tile(np.arange(len(encoding.keys)), n_paths),
+            streams=stream_keys(entropy, list(encoding.keys), n_paths),
+            labels=tuple(labels),
         )
 
     def _raise_if_unrepresentable(self, context: np.ndarray, starts: np.ndarray, unit_labels: list[str]) -> None:
@@ -360,6 +367,70 @@ def initial_points(initial_x, n_series: int, dims: int, model_dims: int, nonstat
         allowed = f"exactly {dims}" if split else f"1 to {dims}"
         raise ValueError(f"initial_x has {k} dims, but the context has {dims}; give {allowed} dims.")
     return points
+
+
+def checked_settings(settings, units: ForecastUnits, stationary_only: bool) -> list[Selection]:
+    """Per unit, ``settings`` from ``choose_settings`` if they belong to these series, else a ValueError."""
+    choices = list(settings)
+    n_series = len(units.series) // units.dims if units.split else len(units.series)
+    per_dim = not units.split or all(len(choice.dims) == units.dims for choice in choices)
+    if len(choices) != n_series or not all(isinstance(choice, Selection) for choice in choices) or not per_dim:
+        raise ValueError(
+            f"settings must be the list of {n_series} Selections that choose_settings returned for this context; "
+            "call pipeline.choose_settings(context) and pass its result."
+        )
+    choices = [dim for choice in choices for dim in choice.dims] if units.split else choices
+    for u, (x, choice) in enumerate(zip(units.series, choices, strict=True)):
+        if choice.key is not None and choice.key != content_key(x):
+            raise ValueError(
+                f"settings for {units.labels[u]} were chosen for another series (after context_length); "
+                "call choose_settings on this context."
+            )
+        if stationary_only and choice.nonstationary:
+            raise ValueError("initial_x cannot be combined with settings that chose nonstationary=True.")
+    return choices
+
+
+@dataclass(frozen=True)
+class ForecastUnits:
+    """What a forecast selects, encodes and rolls out: the series, or each dim of series wider than the model.
+
+    Nothing couples the dims of a series with more dims than the model, so each is its own
+    unit: it gets its own validated setting and spread, and the same forecast alone as in a
+    wide frame.
+    """
+
+    series: list[np.ndarray]  # (T, d) per unit
+    labels: list[str]
+    starts: list[np.ndarray | None]  # (d,) data-scale start per unit, or None
+    split: bool  # each series was split into its ``dims`` dims
+    dims: int
+
+    @classmethod
+    def of(cls, series: list[np.ndarray], labels, starts: np.ndarray | None, model_dims: int) -> ForecastUnits:
+        labels = labels or [f"series {s}" for s in range(len(series))]
+        dims = series[0].shape[1]
+        if dims <= model_dims:
+            return cls(series, labels, [None] * len(series) if starts is None else list(starts), False, dims)
+        return cls(
+            [x[:, [d]] for x in series for d in range(dims)],
+            [f"{label} (dim {d})" for label in labels for d in range(dims)],
+            [None] * (len(series) * dims) if starts is None else list(starts.reshape(-1, 1)),
+            True,
+            dims,
+        )
+
+    def merge(self, paths: np.ndarray) -> np.ndarray:
+        """paths (P, H, U, d) per unit -> (P, H, S, D) per series."""
+        if not self.split:
+            return paths
+        return paths.reshape(*paths.shape[:2], -1, self.dims)
+
+    def group(self, choices: list[Selection]) -> list[Selection]:
+        """Per-unit Selections -> one per series (a split series' holds its dims')."""
+        if not self.split:
+            return choices
+        return [Selection.per_dim(choices[i : i + self.dims]) for i in range(0, len(choices), self.dims)]
 
 
 def raise_if_overflowed(paths: np.ndarray, labels: list[str], nonstationary: bool) -> None:

@@ -24,15 +24,15 @@ step (:mod:`.calibration`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .calibration import Spread
-from .encoding import SeriesEncoding
-from .engine import diverged_steps, rollout
 from .options import AUTO, ForecastOptions
-from .preprocessing import EMBEDDINGS, min_context_length
+from .rollout import content_key, diverged_steps, rollout
+from .transforms.encoding import BatchEncoding
+from .transforms.preprocessing import EMBEDDINGS, min_context_length
 
 VALIDATION_WINDOWS = 3
 # One path per candidate and window: the error then also holds the paths' own noise, which the
@@ -57,6 +57,7 @@ NONSTATIONARY_MARGIN = 0.25
 # with how far it reaches (sktime's fh subsets, backtests). Capped for cost; past the validation
 # horizon the calibrated spread extrapolates (calibration.py).
 MAX_VALIDATION_STEPS = 16
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -75,18 +76,41 @@ class Selection:
     validation_horizon: int = 0
     errors: dict[str, float] = field(default_factory=dict)
     spread: Spread | None = None
+    key: int | None = None  # content key of the context it was chosen on; None for explicit options
+    dims: tuple[Selection, ...] = ()  # a series forecast dim by dim: each dim's own Selection
 
-    def options(self, base: ForecastOptions) -> ForecastOptions:
-        return base.replace(preprocessing=self.preprocessing, nonstationary=self.nonstationary)
+    @classmethod
+    def per_dim(cls, dims: list[Selection]) -> Selection:
+        """A series with more dims than the model, each dim forecast (and chosen for) as its own series."""
+        preprocessing, nonstationary = _common([d.preprocessing for d in dims]), any(d.nonstationary for d in dims)
+        return cls(preprocessing, nonstationary, _common([d.embedding for d in dims]), dims=tuple(dims))
 
     def record(self) -> dict:
-        """The choice as plain data, for logs, tables and ``get_fitted_params``."""
+        """The choice as plain data, for logs, tables and ``get_fitted_params``.
+
+        A series forecast dim by dim says "per dim" where its dims chose differently, and
+        lists each dim's record under ``"dims"``.
+        """
+        if self.dims:
+            records = [d.record() for d in self.dims]
+            return {
+                "preprocessing": _common([r["preprocessing"] for r in records]),
+                "nonstationary": _common([r["nonstationary"] for r in records]),
+                "validation_windows": min(r["validation_windows"] for r in records),
+                "validation_mase": float(np.mean([r["validation_mase"] for r in records])),
+                "dims": records,
+            }
         return {
             "preprocessing": self.embedding,
             "nonstationary": self.nonstationary,
             "validation_windows": self.windows,
             "validation_mase": self.errors.get(_label(self.preprocessing, self.nonstationary), np.nan),
         }
+
+
+def _common(values: list):
+    """The value all entries share, else "per dim"."""
+    return values[0] if all(v == values[0] for v in values) else "per dim"
 
 
 def candidates(options: ForecastOptions, dims: int, model_dims: int, stationary_only: bool) -> list[tuple[str, bool]]:
@@ -112,7 +136,9 @@ def select(pipeline, series: list[np.ndarray], entropy: int, stationary_only: bo
     pairs = candidates(options, dims, model_dims, stationary_only)
     plans = [_plan(x, pairs, model_dims) for x in series]
     errors = _validate(pipeline, series, plans, entropy)
-    return [_choose(plan, error, embedding) for plan, error in zip(plans, errors, strict=True)]
+    return [
+        _choose(plan, error, embedding, content_key(x)) for x, plan, error in zip(series, plans, errors, strict=True)
+    ]
 
 
 @dataclass(frozen=True)
@@ -138,60 +164,109 @@ def _plan(x: np.ndarray, pairs: list[tuple[str, bool]], model_dims: int) -> _Pla
 def _validate(pipeline, series: list[np.ndarray], plans: list[_Plan], entropy: int) -> list[np.ndarray]:
     """Per series, (candidates, windows) MASE and (candidates, windows, step, D) standardized errors.
 
-    Every series, candidate and window is one unit of a single batched rollout.
+    Every series, candidate and window is one job of a single batch encoding and one unit of a
+    single batched rollout; decoding and scoring are array operations over all of them.
     """
-    jobs, encodings = [], []
-    for s, (x, plan) in enumerate(zip(series, plans, strict=True)):
-        for c, (embedding, flag) in enumerate(plan.pairs):
-            options = pipeline.options.replace(preprocessing=embedding, nonstationary=flag)
-            for k, cut in enumerate(plan.cuts):
-                encoding = SeriesEncoding.fit(x[:cut], options, pipeline.model.arch.N, entropy)
-                if all(np.isfinite(unit.frames).all() and np.isfinite(unit.start).all() for unit in encoding.units):
-                    jobs.append((s, c, k))
-                    encodings.append(encoding)
-    results = [_empty_result(plan, x.shape[1]) for x, plan in zip(series, plans, strict=True)]
-    if not jobs:
-        return results
-    labels = [f"validation {job}" for job in jobs]
-    batch = pipeline._batch(encodings, labels, VALIDATION_PATHS, entropy)
-    length = max(plan.step for plan in plans)
+    dims = series[0].shape[1]
+    pairs = max((plan.pairs for plan in plans), key=len)  # a longer first window admits a superset
+    usable = np.array([[pair in plan.pairs for pair in pairs] for plan in plans], dtype=bool)
+    usable = usable.reshape(len(plans), len(pairs))
+    n_cuts = np.array([len(plan.cuts) for plan in plans])
+    steps = np.array([plan.step for plan in plans])
+    owner = np.repeat(np.arange(len(plans)), n_cuts)  # (W,) the series of each validation window
+    window = np.arange(len(owner)) - np.repeat(np.cumsum(n_cuts) - n_cuts, n_cuts)  # (W,) k of each window
+    cuts = np.array([cut for plan in plans for cut in plan.cuts], dtype=np.int64)
+    job_window, job_pair = np.nonzero(usable[owner])  # (J,) one job per window and candidate
+    mase = np.full((len(plans), len(pairs), VALIDATION_WINDOWS), np.inf)
+    errors = np.full((*mase.shape, max(steps.max(initial=0), 1), dims), np.nan)
+    if len(job_window):
+        windows, jobs = (owner, window, cuts, steps), (job_window, job_pair)
+        _score_jobs(pipeline, series, entropy, windows, jobs, pairs, (mase, errors))
+    return [
+        (mase[s][usable[s]][:, : n_cuts[s]], errors[s][usable[s]][:, : n_cuts[s], : steps[s]])
+        for s in range(len(plans))
+    ]
+
+
+def _score_jobs(pipeline, series, entropy, windows, jobs, pairs, out) -> None:
+    """Encode, roll out, decode and score every (window, candidate) job; write MASE and errors into out."""
+    owner, window, cuts, steps = windows
+    job_window, job_pair = jobs
+    model_dims = pipeline.model.arch.N
+    contexts = [series[s][:cut] for s, cut in zip(owner.tolist(), cuts.tolist(), strict=True)]
+    encoding = BatchEncoding.fit(
+        contexts,
+        np.array([embedding for embedding, _ in pairs], dtype=object)[job_pair],
+        np.array([flag for _, flag in pairs], dtype=bool)[job_pair],
+        standardize=pipeline.options.standardize,
+        model_dims=model_dims,
+        entropy=entropy,
+        source=job_window,
+    )
+    # A job whose context or start leaves float32 (a blown-up non-stationary transform) is disqualified;
+    # its units roll out from zeros, and their noise, keyed by content, leaves every other unit's as it was.
+    with np.errstate(invalid="ignore"):  # NaN compares False: not representable either
+        unit_ok = np.isfinite(encoding.context).all(axis=(1, 2)) & (np.abs(encoding.starts).max(axis=1) <= FLOAT32_MAX)
+    if not unit_ok.all():
+        encoding = replace(
+            encoding,
+            context=np.where(unit_ok[:, None, None], encoding.context, 0.0),
+            starts=np.where(unit_ok[:, None], encoding.starts, 0.0),
+        )
+    job_series, job_k = owner[job_window].tolist(), window[job_window].tolist()
+    labels = [f"validation ({s}, {c}, {k})" for s, c, k in zip(job_series, job_pair.tolist(), job_k, strict=True)]
+    batch = pipeline._batch(encoding, labels, VALIDATION_PATHS, entropy)
+    length = int(steps.max())
     observed = rollout(pipeline.model, batch, length, pipeline.backend)  # (L, P*U, N)
-    diverged = (diverged_steps(observed, batch) >= 0).reshape(VALIDATION_PATHS, -1).any(axis=0)  # (U,)
-    observed = observed.reshape(length, VALIDATION_PATHS, -1, pipeline.model.arch.N)
-    first = np.cumsum([0] + [len(e.units) for e in encodings])
-    for j, ((s, c, k), encoding) in enumerate(zip(jobs, encodings, strict=True)):
-        if diverged[first[j] : first[j + 1]].any():
-            continue
-        plan, x = plans[s], series[s]
-        with np.errstate(all="ignore"):
-            paths = encoding.decode(observed[: plan.step, :, first[j] : first[j + 1]])  # (P, step, D)
-        _score(results[s], (c, k), x[: plan.cuts[k]], paths, x[plan.cuts[k] : plan.cuts[k] + plan.step])
-    return results
+    unit_ok &= ~(diverged_steps(observed, batch) >= 0).reshape(VALIDATION_PATHS, -1).any(axis=0)
+    job_ok = unit_ok  # one unit per job
+    with np.errstate(all="ignore"):
+        paths = encoding.decode(observed.reshape(length, VALIDATION_PATHS, -1, model_dims))  # (P, L, J, D)
+    point = np.median(paths, axis=0).transpose(1, 0, 2)  # (J, L, D)
+    truth, scale, spread = _window_statistics(series, windows, length)
+    job_steps = steps[owner[job_window]]
+    in_window = np.arange(length)[None, :] < job_steps[:, None]  # (J, L)
+    point = np.where(in_window[:, :, None], point, 0.0)
+    target = np.where(in_window[:, :, None], truth[job_window], 0.0)
+    job_ok &= np.isfinite(point).all(axis=(1, 2))
+    scaled_error = np.abs(point - target) / scale[job_window][:, None, :]
+    job_mase = scaled_error.sum(axis=(1, 2)) / (job_steps * point.shape[2])
+    standardized = np.where(in_window[:, :, None], (target - point) / spread[job_window][:, None, :], np.nan)
+    s, c, k = owner[job_window][job_ok], job_pair[job_ok], window[job_window][job_ok]
+    out[0][s, c, k] = job_mase[job_ok]
+    out[1][s, c, k] = standardized[job_ok][:, : out[1].shape[3]]
 
 
-def _empty_result(plan: _Plan, dims: int) -> tuple[np.ndarray, np.ndarray]:
-    shape = (len(plan.pairs), len(plan.cuts))
-    return np.full(shape, np.inf), np.full((*shape, plan.step, dims), np.nan)
+def _window_statistics(series, windows, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per validation window: truth (W, length, D) (NaN past its step), MASE scale and standard deviation (W, D).
+
+    The scale is the mean absolute one-step change of the window's context; zero scales and
+    deviations count as 1.
+    """
+    owner, window, cuts, steps = windows
+    dims = series[0].shape[1]
+    truth = np.full((len(owner), length, dims), np.nan)
+    scale, spread = np.empty((len(owner), dims)), np.empty((len(owner), dims))
+    lengths = np.array([len(x) for x in series])
+    for size in np.unique(lengths[owner]):  # series of one length share their windows' cuts and steps
+        members = np.nonzero(lengths[owner] == size)[0]  # windows of such series
+        for k in np.unique(window[members]):
+            rows = members[window[members] == k]
+            cut, step = int(cuts[rows[0]]), int(steps[owner[rows[0]]])
+            values = np.stack([series[s] for s in owner[rows]])  # (n, T, D)
+            context = values[:, :cut]
+            scale[rows] = np.abs(np.diff(context, axis=1)).mean(axis=1)
+            spread[rows] = context.std(axis=1)
+            truth[rows, :step] = values[:, cut : cut + step]
+    return truth, np.where(scale > 0, scale, 1.0), np.where(spread > 0, spread, 1.0)
 
 
-def _score(result, where: tuple[int, int], context: np.ndarray, paths: np.ndarray, truth: np.ndarray) -> None:
-    """Write one window's MASE and standardized errors of the median path into result."""
-    point = np.median(paths, axis=0)  # (step, D)
-    if not np.isfinite(point).all():
-        return
-    scale = np.abs(np.diff(context, axis=0)).mean(axis=0)
-    scale = np.where(scale > 0, scale, 1.0)
-    result[0][where] = float((np.abs(point - truth) / scale).mean())
-    std = context.std(axis=0)
-    result[1][where] = (truth - point) / np.where(std > 0, std, 1.0)
-
-
-def _choose(plan: _Plan, result: tuple[np.ndarray, np.ndarray], embedding: str | None) -> Selection:
+def _choose(plan: _Plan, result: tuple[np.ndarray, np.ndarray], embedding: str | None, key: int) -> Selection:
     """The simplest candidate within MARGIN of the best; the defaults when nothing validated."""
     mase, errors = result
     mean = mase.mean(axis=1) if mase.size else np.array([])
     if not np.isfinite(mean).any():
-        return Selection(EMBEDDINGS[0], False, embedding or EMBEDDINGS[0])
+        return Selection(EMBEDDINGS[0], False, embedding or EMBEDDINGS[0], key=key)
     best = 0 if np.isfinite(mean[0]) else int(np.argmax(np.isfinite(mean)))
     for c in range(best + 1, len(mean)):
         margin = NONSTATIONARY_MARGIN if plan.pairs[c][1] and not plan.pairs[best][1] else MARGIN
@@ -206,6 +281,7 @@ def _choose(plan: _Plan, result: tuple[np.ndarray, np.ndarray], embedding: str |
         validation_horizon=plan.step,
         errors={_label(*pair): float(m) for pair, m in zip(plan.pairs, mean, strict=True)},
         spread=Spread.fit(errors[best], stationary=not flag),
+        key=key,
     )
 
 

@@ -45,10 +45,15 @@ class DynaMixForecaster(BaseForecaster):
 
     Notes
     -----
-    Randomness follows sktime's contract: ``predict`` has no side effects, so the same
-    ``random_state`` gives the same forecast on every call, after pickling and in clones.
+    Randomness follows sktime's convention, not darts' stream: ``predict`` and the interval
+    methods have no side effects, so a seeded forecaster gives the same point forecasts and
+    the same intervals, quantiles and variances on every call, after pickling, in clones
+    and refits. With ``random_state=None`` every call draws fresh noise.
     ``predict_proba`` is skpro's ``Empirical`` over the same sample paths as
     ``predict_quantiles``, ``predict_interval`` and ``predict_var``.
+
+    The forecaster keeps its own copy of the history, which ``update`` extends, so it sets
+    sktime's ``remember_data`` config to False (and sktime 1.2 does not warn about it).
 
     Examples
     --------
@@ -68,6 +73,10 @@ class DynaMixForecaster(BaseForecaster):
     >>> tiny.fit(y).predict(fh=[1, 2, 3]).shape
     (3,)
     """
+
+    # sktime 1.2 warns at every construction that remember_data's default flips in 1.3. The forecaster
+    # keeps its own copy of the context (extended in _update), so the base's copy in _y is not needed.
+    _config: ClassVar[dict] = {"remember_data": False}
 
     _tags: ClassVar[dict] = {
         "authors": ["dynamix-adapters developers"],
@@ -112,6 +121,8 @@ class DynaMixForecaster(BaseForecaster):
         self.on_divergence = on_divergence
         self.device = device
         super().__init__()
+        # sktime's base data pool, unused here; it exists (empty) for a user who sets remember_data=True after all.
+        self._y = self._X = None
 
     # sktime's predict methods write fh to the instance (self._fh) and read it back, so two threads
     # predicting different horizons could swap them; checking fh under one lock keeps each its own.
@@ -122,6 +133,7 @@ class DynaMixForecaster(BaseForecaster):
             return super()._check_fh(fh, pred_int=pred_int)
 
     def _fit(self, y, X, fh):
+        # sktime's fit starts with reset(), which drops the previous fit's pipeline: the options may have changed.
         net = self._pipeline.model
         self._instances, self._series = _split_instances(y)
         self._index_names = list(y.index.names)
@@ -132,7 +144,7 @@ class DynaMixForecaster(BaseForecaster):
         self.model_name_ = str(self.model or DEFAULT_MODEL)
         self.n_parameters_ = net.parameter_count()
         # What "auto" chose per series (selection.py); predict chooses the same for any horizon.
-        self.selection_ = self._pipeline.choose_settings(self._contexts())
+        self.selection_ = [choice.record() for choice in self._pipeline.choose_settings(self._contexts())]
         self.preprocessing_, self.nonstationary_ = _per_series(self.selection_, self._instances is None)
         chosen = {record["preprocessing"] for record in self.selection_}
         self.embedding_ = _embedding_used(chosen.pop() if len(chosen) == 1 else "per series", y.shape[1], net.arch.N)
@@ -140,13 +152,24 @@ class DynaMixForecaster(BaseForecaster):
 
     @property
     def _pipeline(self) -> DynaMixPipeline:
-        """The model (loaded once per process, never pickled with the forecaster) with this forecaster's options."""
-        tuned = getattr(self, "pretrained_model_", None)
-        if tuned is not None:
-            return DynaMixPipeline(tuned, ForecastOptions(**ForecastOptions.pick(self.get_params(deep=False))))
-        return DynaMixPipeline.from_pretrained(
-            self.model, self.device, **ForecastOptions.pick(self.get_params(deep=False))
-        )
+        """The model (loaded once per process) with this forecaster's options; resolved once per fit.
+
+        After ``pretrain``, the fine-tuned weights (``pretrained_model_``) instead of ``model``.
+        """
+        if getattr(self, "_loaded_pipeline", None) is None:
+            options = ForecastOptions.pick(self.get_params(deep=False))
+            tuned = getattr(self, "pretrained_model_", None)
+            if tuned is not None:
+                self._loaded_pipeline = DynaMixPipeline(tuned, ForecastOptions(**options))
+            else:
+                self._loaded_pipeline = DynaMixPipeline.from_pretrained(self.model, self.device, **options)
+        return self._loaded_pipeline
+
+    def __getstate__(self) -> dict:
+        # Never pickled with the forecaster: the torch model stays in this process' cache, and the
+        # unpickled forecaster's first use finds it in its own process' cache (or rebuilds it around
+        # ``pretrained_model_``, which is pickled: it is the forecaster's state).
+        return {**self.__dict__, "_loaded_pipeline": None}
 
     def _pretrain(self, y, X=None, fh=None):
         """Fine-tune the weights on every series of the panel ``y`` (see ``training.finetune``).
@@ -168,6 +191,7 @@ class DynaMixForecaster(BaseForecaster):
         result = finetune(start, [frame.to_numpy(dtype=np.float64) for frame in frames], config, progress=False)
         self.pretrained_model_ = result.model
         self.pretrain_summary_ = result.summary()
+        self._loaded_pipeline = None  # the next use wraps the tuned weights
         return self
 
     def _update(self, y, X=None, update_params=True):

@@ -47,7 +47,9 @@ class WeightSet:
 
 
 OFFICIAL_MODEL = "dynamix-3d-alrnn-v1.0"
-BUNDLED_MODEL = "dynamix-3d-adapters-v0.3"
+BUNDLED_MODEL = "dynamix-3d-adapters-v0.4"
+# Earlier bundled weights stay loadable by name, so a pinned forecast still reproduces.
+PREVIOUS_BUNDLED_MODELS = ("dynamix-3d-adapters-v0.3",)
 REGISTRY: dict[str, WeightSet] = {
     OFFICIAL_MODEL: WeightSet(
         name=OFFICIAL_MODEL,
@@ -57,14 +59,20 @@ REGISTRY: dict[str, WeightSet] = {
         architecture=Architecture(M=30, N=3, J=10, P=2),
         description="Official pretrained DynaMix (Hemmer & Durstewitz, NeurIPS 2025), 3-D ALRNN experts.",
     ),
-    BUNDLED_MODEL: WeightSet(
-        name=BUNDLED_MODEL,
-        filename=f"{BUNDLED_MODEL}.safetensors",
-        config_filename=None,
-        repo_id=None,
-        architecture=Architecture(M=30, N=3, J=10, P=2),
-        description="Trained from scratch by dynamix_adapters.training; shipped inside the package (no network).",
-    ),
+    **{
+        name: WeightSet(
+            name=name,
+            filename=f"{name}.safetensors",
+            config_filename=None,
+            repo_id=None,
+            architecture=Architecture(M=30, N=3, J=10, P=2),
+            description=(
+                "Trained from scratch by dynamix_adapters.training; shipped inside the package (no network)."
+                + ("" if name == BUNDLED_MODEL else f" Superseded by {BUNDLED_MODEL}.")
+            ),
+        )
+        for name in (BUNDLED_MODEL, *PREVIOUS_BUNDLED_MODELS)
+    },
 }
 DEFAULT_MODEL = BUNDLED_MODEL
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,19 @@ def shared_series():
         return np.load(SHARED / "data" / f"{name}.npy")
 
     return load
+
+
+@pytest.fixture
+def interleaved_threads():
+    """Switch threads every microsecond instead of every 5 ms, for the duration of a test.
+
+    Threads then interleave at almost every bytecode: a race that a normal run hits once in
+    thousands of calls shows up within a few rounds.
+    """
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(previous)
 
 
 def make_tiny_model(seed: int = 0, **sizes) -> DynaMix:

@@ -7,10 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynamix_adapters.batched_rollout import LANES, _advance_tiles, _exp_below_zero, _gather_states, rollout_batched
-from dynamix_adapters.engine import RolloutBatch
-from dynamix_adapters.fast_rollout import PackedContext, Weights
-from dynamix_adapters.noise import noise_blocks
+from dynamix_adapters.rollout import RolloutBatch, stream_keys
+from dynamix_adapters.rollout.batched import LANES, _advance_tiles, _exp_below_zero, _gather_states, rollout_batched
+from dynamix_adapters.rollout.noise import standard_normals
+from dynamix_adapters.rollout.per_series import PackedContext, Weights
 
 from .conftest import make_tiny_model
 
@@ -24,7 +24,8 @@ def run_batched(model, context, valid_from, x0, unit, horizon, streams, threads=
 
 
 def streams(*seeds):
-    return [np.random.default_rng([seed, 11]) for seed in seeds]
+    """One noise stream key per seed (seeds stand in for the units' content keys)."""
+    return stream_keys(11, np.array(seeds, dtype=np.uint64), 1)
 
 
 def left_padded(series: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +52,7 @@ def torch_states(model, context, valid_from, x0, unit, noise) -> np.ndarray:
 
 
 def torch_rollout(model, context, valid_from, x0, unit, horizon, seeds) -> np.ndarray:
-    noise = np.concatenate(list(noise_blocks(streams(*seeds), horizon, model.arch.N)), axis=1)
+    noise = standard_normals(streams(*seeds), 0, horizon, model.arch.N)
     return torch_states(model, context, valid_from, x0, unit, noise)[1:, :, : model.arch.N]
 
 
@@ -87,7 +88,7 @@ def test_one_step_matches_torch_from_the_same_states(official_model, shared_seri
     """The kernel's arithmetic, free of chaos: from each torch state, one step lands within float32 rounding."""
     context, valid_from = published_contexts(shared_series)
     unit, steps = np.array([0, 1, 2, 0, 2]), 200
-    noise = next(noise_blocks(streams(*range(len(unit))), steps, 3))  # (B, steps, N)
+    noise = standard_normals(streams(*range(len(unit))), 0, steps, 3)  # (B, steps, N)
     states = torch_states(official_model, context, valid_from, context[unit, -1], unit, noise)
     for t in range(steps):
         step = batched_step(official_model, context, valid_from, unit, states[t], noise[:, t])
@@ -130,7 +131,7 @@ def test_property_one_step_and_short_rollout_match_torch(seed, lengths, batch, s
     unit = rng.integers(0, len(lengths), batch)
     x0 = context[unit, -1] if start_from_context else rng.normal(size=(batch, 3)).astype(np.float32)
     seeds = range(batch)
-    noise = np.concatenate(list(noise_blocks(streams(*seeds), 20, 3)), axis=1)
+    noise = standard_normals(streams(*seeds), 0, 20, 3)
     states = torch_states(model, context, valid_from, x0, unit, noise)
     for t in (0, 10, 19):
         step = batched_step(model, context, valid_from, unit, states[t], noise[:, t])
@@ -181,7 +182,7 @@ def test_a_non_finite_state_turns_nan_in_its_own_lane_only_as_in_torch(official_
     unit = np.zeros(3, dtype=np.int64)
     states = np.tile(official_model.initial_state(torch.from_numpy(context[:1, -1])).numpy(), (3, 1))
     states[1, 4] = np.inf
-    noise = next(noise_blocks(streams(0, 1, 2), 1, 3))[:, 0]
+    noise = standard_normals(streams(0, 1, 2), 0, 1, 3)[:, 0]
     step = batched_step(official_model, context, valid_from, unit, states, noise)
     with torch.no_grad():
         frames = torch.from_numpy(context)

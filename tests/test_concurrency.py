@@ -10,9 +10,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import sys
 import threading
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -29,8 +27,6 @@ from darts import TimeSeries
 
 from dynamix_adapters import DynaMixForecaster, DynaMixModel
 
-pytestmark = pytest.mark.filterwarnings("ignore:The default of config ``remember_data``:FutureWarning")
-
 THREADS = 8
 ROUNDS = 6
 CYCLES = 1000
@@ -38,15 +34,6 @@ WARMUP_CYCLES = 100
 # Between cycle 100 and 1,000 a run here grows by under 1 MiB; a leaked model or context per
 # cycle (tens of KiB or more each) would add tens of MiB.
 RSS_NOISE_BYTES = 8 * 2**20
-
-
-@pytest.fixture
-def interleaved_threads():
-    """Switch threads every microsecond instead of every 5 ms, for the duration of a test."""
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(previous)
 
 
 def in_threads(calls: list) -> list:
@@ -132,17 +119,19 @@ def test_eight_threads_predicting_on_one_darts_model_give_the_serial_results(int
         for expected, got in zip(serial, in_threads([lambda call=call: values(call()) for call in calls]), strict=True):
             for a, b in zip(expected, got, strict=True):
                 np.testing.assert_array_equal(a, b)
-    # darts' stream: eight concurrent unpinned calls take the next eight seeds, none twice, none lost.
-    model.fit(series)
-    expected_seeds = {model._next_seed() for _ in range(8)}
-    model.fit(series)
-    forecasts = in_threads([lambda: model.predict(4).values() for _ in range(8)])
-    assert model._predict_calls == 8
-    reference = model.fit(series)
+    # darts' stream: eight concurrent unpinned sampling calls take the next eight seeds, none twice, none lost.
+    # The pinned calls above left it untouched, so a twin built alike names those seeds.
+    twin = DynaMixModel(model=str(tiny_test_checkpoint()), random_state=5)
+    expected_seeds = {twin._next_sampling_seed() for _ in range(8)}
+    forecasts = in_threads([lambda: model.predict(4, num_samples=2).all_values() for _ in range(8)])
+    assert model._sampling_calls == 8
     assert len({f.tobytes() for f in forecasts}) == len(expected_seeds) == 8
     assert {f.tobytes() for f in forecasts} == {
-        reference.predict(4, random_state=s).values().tobytes() for s in expected_seeds
+        model.predict(4, num_samples=2, random_state=s).all_values().tobytes() for s in expected_seeds
     }
+    # Unpinned point forecasts draw nothing from the stream: every thread gets the same one.
+    points = in_threads([lambda: model.predict(4).values() for _ in range(8)])
+    assert len({f.tobytes() for f in points}) == 1 and model._sampling_calls == 8
 
 
 def test_the_weight_cache_builds_one_model_for_many_threads(tmp_path, interleaved_threads):
@@ -181,9 +170,7 @@ def rss_growth(cycle) -> int:
 def test_a_thousand_sktime_fit_predict_cycles_do_not_grow_memory():
     y = pd.Series(np.sin(0.3 * np.arange(40)))
     path = str(tiny_test_checkpoint())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        growth = rss_growth(lambda i: DynaMixForecaster(model=path, random_state=i).fit(y).predict(fh=[1, 2, 3, 4, 5]))
+    growth = rss_growth(lambda i: DynaMixForecaster(model=path, random_state=i).fit(y).predict(fh=[1, 2, 3, 4, 5]))
     assert growth < RSS_NOISE_BYTES, f"RSS grew by {growth / 2**20:.1f} MiB over {CYCLES - WARMUP_CYCLES} cycles"
 
 

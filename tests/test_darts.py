@@ -175,34 +175,102 @@ def test_multivariate_forecast_follows_the_attractor(lorenz, official):
     assert np.abs(forecast.values()[:5] - truth[:5]).max() < 0.5 * truth.std()
 
 
-def test_random_state_follows_darts_contract(air, official, tmp_path):
-    """A seed starts a stream of per-call seeds: calls differ, fit restarts it, save/load continues it."""
+def paths(model: DynaMixModel, **kwargs) -> np.ndarray:
+    return model.predict(HORIZON, num_samples=5, **kwargs).all_values()
 
-    def paths(model, **kwargs):
-        return model.predict(HORIZON, num_samples=5, **kwargs).all_values()
 
-    model = official(context_length=60).fit(air)
-    first, second = paths(model), paths(model)
-    assert not np.array_equal(first, second), "consecutive predictions draw anew"
+@pytest.mark.parametrize("point_forecast", ["path", "median"])
+def test_point_forecast_is_the_same_on_every_call_and_after_save_load(air, official, tmp_path, point_forecast):
+    model = official(context_length=60, n_samples=8, point_forecast=point_forecast).fit(air)
+    point = model.predict(HORIZON).values()
+    paths(model)  # sampling advances the stream; the point forecast draws nothing from it
+    np.testing.assert_array_equal(model.predict(HORIZON).values(), point)
     model.fit(air)
-    np.testing.assert_array_equal(paths(model), first)
-    np.testing.assert_array_equal(paths(official(context_length=60).fit(air)), first)
-    assert not np.array_equal(paths(official(context_length=60, random_state=1).fit(air)), first)
-    np.testing.assert_array_equal(paths(model, random_state=7), paths(model, random_state=7))
+    np.testing.assert_array_equal(model.predict(HORIZON).values(), point)
+    model.save(tmp_path / "model.pkl")
+    np.testing.assert_array_equal(DynaMixModel.load(tmp_path / "model.pkl").predict(HORIZON).values(), point)
+    # Only the seed, the options and the series matter: a fresh model agrees, another seed does not.
+    np.testing.assert_array_equal(
+        official(context_length=60, n_samples=8, point_forecast=point_forecast).fit(air).predict(HORIZON).values(),
+        point,
+    )
+    other = official(context_length=60, n_samples=8, point_forecast=point_forecast, random_state=1).fit(air)
+    assert not np.array_equal(other.predict(HORIZON).values(), point)
+
+
+@pytest.mark.parametrize("random_state", [0, None])
+def test_retrain_true_and_false_backtests_agree_without_a_pinned_seed(air, official, random_state):
+    model = official(context_length=60, random_state=random_state).fit(air)
+    kwargs = {"start": BACKTEST_START, "forecast_horizon": 6, "stride": 9, "last_points_only": False}
+    fast = model.historical_forecasts(air, retrain=False, **kwargs)
+    refit = model.historical_forecasts(air, retrain=True, **kwargs)
+    for a, b in zip(fast, refit, strict=True):
+        np.testing.assert_array_equal(a.all_values(), b.all_values())
+    scores = [model.backtest(air, retrain=retrain, metric=mape, **kwargs) for retrain in (False, True)]
+    assert scores[0] == scores[1]
+
+
+def test_samples_follow_darts_random_state_rule(air, official, tmp_path):
+    """The stream starts at construction: calls differ, fit does not restart it, a call's seed pins it."""
+    model = official(context_length=60).fit(air)
+    twin = official(context_length=60).fit(air)
+    first, second = paths(model), paths(model)
+    assert not np.array_equal(first, second), "consecutive calls draw anew"
+    np.testing.assert_array_equal(first, paths(official(context_length=60).fit(air), random_state=0))
+    np.testing.assert_array_equal(paths(twin), first)
+
+    model.fit(air)
+    third = paths(model)
+    assert not np.array_equal(third, first), "refit-then-sample gives new samples"
+    np.testing.assert_array_equal(paths(twin), second)
+    np.testing.assert_array_equal(paths(twin), third)
+
+    pinned = paths(model, random_state=7)
+    np.testing.assert_array_equal(paths(model, random_state=7), pinned)
     model.save(tmp_path / "model.pkl")
     continued = paths(model)
+    np.testing.assert_array_equal(paths(twin), continued, "a pinned call leaves the stream where it was")
     np.testing.assert_array_equal(paths(DynaMixModel.load(tmp_path / "model.pkl")), continued)
+    assert not np.array_equal(paths(official(context_length=60, random_state=1).fit(air)), first)
 
 
-def test_unseeded_model_draws_from_numpys_global_generator(air, official):
-    def paths() -> np.ndarray:
-        return official(random_state=None, context_length=60).fit(air).predict(HORIZON, num_samples=3).all_values()
+def test_unseeded_models_draw_from_numpys_global_generator_at_construction(air, official):
+    def unseeded() -> DynaMixModel:
+        return official(random_state=None, context_length=60)
 
     np.random.seed(5)
-    first = paths()
+    model = unseeded()
     np.random.seed(5)
-    np.testing.assert_array_equal(paths(), first)
-    assert not np.array_equal(paths(), first)
+    again = unseeded()
+    np.random.rand()  # whatever the script draws after construction does not matter
+    np.testing.assert_array_equal(paths(model.fit(air)), paths(again.fit(air)))
+    other = unseeded().fit(air)
+    assert not np.array_equal(paths(other), paths(unseeded().fit(air))), "unseeded models differ between instances"
+    # A point forecast is deterministic even unseeded: that of random_state=0.
+    np.testing.assert_array_equal(
+        other.predict(HORIZON).values(), official(context_length=60).fit(air).predict(HORIZON).values()
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("error")
+def test_readme_quickstart_emits_no_warning():
+    series = TimeSeries.from_values(np.sin(np.arange(800) / 10.0))
+    model = DynaMixModel(random_state=0).fit(series)
+    forecast = model.predict(200)
+    backtest = model.historical_forecasts(series, start=0.7, forecast_horizon=50, retrain=False)
+    assert len(forecast) == 200 and backtest.end_time() == series.end_time()
+
+
+def test_one_pipeline_per_fitted_model_dropped_on_pickling(air, official):
+    model = official(context_length=60).fit(air)
+    pipeline = model._pipeline
+    model.predict(HORIZON)
+    assert model._pipeline is pipeline, "the weights are resolved once per model, not on every access"
+    restored = pickle.loads(pickle.dumps(model))
+    assert restored._loaded_pipeline is None
+    np.testing.assert_array_equal(restored.predict(HORIZON).values(), model.predict(HORIZON).values())
+    assert restored._pipeline.model is pipeline.model, "rebuilt from this process' cache"
 
 
 def test_train_length_window_is_the_context(air, official):

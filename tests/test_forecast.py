@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dynamix_adapters import forecast
-from dynamix_adapters.preprocessing import EMBEDDINGS, dominant_period, min_context_length
+from dynamix_adapters.transforms.preprocessing import EMBEDDINGS, dominant_period, min_context_length
 
 
 @pytest.fixture
@@ -57,17 +57,17 @@ def test_random_state_repeats_exactly_and_differs_between_seeds(official_model, 
     )
 
 
-def test_more_dims_than_model_forecast_as_univariate(tiny_model):
+@pytest.mark.parametrize("settings", ["defaults", "fixed"])
+def test_more_dims_than_model_forecast_as_univariate(tiny_model, settings):
     rng = np.random.default_rng(0)
-    wide = rng.normal(size=(120, 5))
-    # Fixed settings: "auto" chooses one setting for all dims of a wide series, but each dim alone its own.
-    fixed = {"random_state": 1, "preprocessing": "pos_embedding", "nonstationary": False}
-    out = forecast(tiny_model, wide, 9, **fixed)
-    assert out.shape == (9, 5)
+    wide = rng.normal(size=(120, 5)).cumsum(axis=0)
+    options = {"random_state": 1, "n_samples": 4}
+    if settings == "fixed":
+        options.update(preprocessing="pos_embedding", nonstationary=False)
+    out = forecast(tiny_model, wide, 9, **options)
+    assert out.shape == (4, 9, 5)
     for d in (0, 4):
-        np.testing.assert_allclose(
-            out[:, d], forecast(tiny_model, wide[:, [d]], 9, **fixed)[:, 0], rtol=1e-4, atol=1e-5
-        )
+        np.testing.assert_array_equal(out[..., d], forecast(tiny_model, wide[:, [d]], 9, **options)[..., 0])
 
 
 def test_output_is_in_input_scale(official_model, shared_series):
@@ -130,7 +130,7 @@ def test_partial_initial_x_uses_nearest_frame(tiny_model):
 
 def test_pos_embedding_period_finds_the_cycle():
     t = np.arange(500)
-    assert dominant_period(np.sin(2 * np.pi * t / 60)) in (60, 120, 180)
+    assert int(dominant_period(np.sin(2 * np.pi * t / 60))) in (60, 120, 180)
 
 
 @pytest.mark.parametrize(

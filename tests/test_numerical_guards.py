@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from dynamix_adapters import forecast
-from dynamix_adapters.engine import EXPLOSION_FACTOR, DivergenceError
+from dynamix_adapters.rollout import DivergenceError
+from dynamix_adapters.rollout.dispatch import EXPLOSION_FACTOR
 from dynamix_adapters.weights import tiny_test_checkpoint
 
 from .conftest import make_tiny_model

@@ -91,10 +91,10 @@ def test_a_diverging_id_becomes_an_error_row(pipeline, monkeypatch):
     frame = long_panel({"a": 40, "b": 40})
     predict = DynaMixPipeline.predict
 
-    def fail_on_b(self, context, horizon, *, names=None):
+    def fail_on_b(self, context, horizon, *, names=None, settings=None):
         if "id 'b'" in names:
             raise ValueError("The forecast diverged: id 'b'")
-        return predict(self, context, horizon, names=names)
+        return predict(self, context, horizon, names=names, settings=settings)
 
     monkeypatch.setattr(DynaMixPipeline, "predict", fail_on_b)
     result = forecast_long(pipeline, frame, 3, COLUMNS).set_index("id")
@@ -106,8 +106,8 @@ def test_a_nan_forecast_becomes_an_error_row(pipeline, monkeypatch):
     frame = long_panel({"a": 40, "b": 40})
     predict = DynaMixPipeline.predict
 
-    def nan_for_b(self, context, horizon, *, names=None):
-        point = predict(self, context, horizon, names=names)  # (H, S, D)
+    def nan_for_b(self, context, horizon, *, names=None, settings=None):
+        point = predict(self, context, horizon, names=names, settings=settings)  # (H, S, D)
         point[:, names.index("id 'b'")] = np.nan  # as on_divergence="nan" returns a diverged series
         return point
 

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 
 from dynamix_adapters import selection
-from dynamix_adapters.calibration import Spread
-from dynamix_adapters.encoding import SeriesEncoding
-from dynamix_adapters.engine import rollout
-from dynamix_adapters.noise import seed_entropy
+from dynamix_adapters.calibration import Spread, robust_spread
 from dynamix_adapters.options import ForecastOptions
 from dynamix_adapters.pipeline import DynaMixPipeline
+from dynamix_adapters.rollout import rollout, seed_entropy
 from dynamix_adapters.systems import lorenz63_trajectory
+from dynamix_adapters.transforms.encoding import BatchEncoding
 
 FIXED = {"preprocessing": "pos_embedding", "nonstationary": False}
 
@@ -38,10 +37,17 @@ def _pre_auto_forecast(model, options: ForecastOptions, x: np.ndarray, horizon: 
     """The forecast recipe before auto existed: encode with the options, one rollout, decode."""
     pipeline = DynaMixPipeline(model, options)
     entropy = seed_entropy(options.random_state)
-    encoding = SeriesEncoding.fit(x, options, model.arch.N, entropy)
-    batch = pipeline._batch([encoding], ["series 0"], n_paths, entropy)
+    encoding = BatchEncoding.fit(
+        [x],
+        [options.preprocessing],
+        [options.nonstationary],
+        standardize=options.standardize,
+        model_dims=model.arch.N,
+        entropy=entropy,
+    )
+    batch = pipeline._batch(encoding, ["series 0"], n_paths, entropy)
     observed = rollout(model, batch, horizon).reshape(horizon, n_paths, -1, model.arch.N)
-    return encoding.decode(observed)
+    return encoding.decode(observed)[:, :, 0]
 
 
 @pytest.mark.parametrize("settings", [FIXED, {"preprocessing": "delay_embedding", "nonstationary": True}])
@@ -52,13 +58,13 @@ def test_explicit_settings_forecast_bit_for_bit_as_before(tiny_model, monkeypatc
     pipeline = DynaMixPipeline(tiny_model, options)
     np.testing.assert_array_equal(pipeline.sample_paths(x, 7), _pre_auto_forecast(tiny_model, options, x, 7, 5))
     np.testing.assert_array_equal(pipeline.predict_samples(x, 7), _pre_auto_forecast(tiny_model, options, x, 7, 6)[1:])
-    assert pipeline.selections[0].spread is None
+    assert pipeline.choose_settings(x)[0].spread is None
 
 
 def test_sine_gets_a_stationary_embedding_that_unfolds_the_cycle(official_model):
     x = np.sin(2 * np.pi * np.arange(300) / 25)[:, None]
     pipeline = DynaMixPipeline(official_model, ForecastOptions(random_state=0))
-    (chosen,) = pipeline.choose_settings(x)
+    chosen = pipeline.choose_settings(x)[0].record()
     # Zero padding leaves a 1-D state, which cannot oscillate: every real embedding beats it.
     assert chosen["preprocessing"] in ("pos_embedding", "delay_embedding", "delay_embedding_random")
     assert chosen["nonstationary"] is False
@@ -69,18 +75,20 @@ def test_trending_seasonal_series_gets_the_nonstationary_transform(official_mode
     t = np.arange(300.0)
     x = (10 + 0.05 * t + np.sin(2 * np.pi * t / 12))[:, None]
     pipeline = DynaMixPipeline(official_model, ForecastOptions(random_state=0))
-    (chosen,) = pipeline.choose_settings(x)
+    (choice,) = pipeline.choose_settings(x)
+    chosen = choice.record()
     assert chosen["nonstationary"] is True
     assert chosen["preprocessing"] != "zero_embedding"
-    errors = pipeline.selections[0].errors
+    errors = choice.errors
     assert chosen["validation_mase"] < 0.5 * errors["delay_embedding"]  # the stationary reference misses the trend
 
 
 def test_chaotic_3d_series_needs_no_embedding_and_stays_stationary(official_model):
     pipeline = DynaMixPipeline(official_model, ForecastOptions(random_state=0))
-    (chosen,) = pipeline.choose_settings(lorenz63_trajectory(1000))
+    (choice,) = pipeline.choose_settings(lorenz63_trajectory(1000))
+    chosen = choice.record()
     assert chosen["preprocessing"] == "none" and chosen["nonstationary"] is False
-    assert set(pipeline.selections[0].errors) == {"delay_embedding", "delay_embedding + nonstationary"}
+    assert set(choice.errors) == {"delay_embedding", "delay_embedding + nonstationary"}
 
 
 def test_calibrated_intervals_reach_nominal_coverage_on_known_noise(official_model):
@@ -104,7 +112,7 @@ def test_short_context_falls_back_to_defaults_uncalibrated(tiny_model):
     pipeline = DynaMixPipeline(tiny_model, ForecastOptions(random_state=0, n_samples=4))
     x = np.sin(np.arange(12.0))[:, None]
     paths = pipeline.sample_paths(x, 5)
-    choice = pipeline.selections[0]
+    (choice,) = pipeline.choose_settings(x)
     assert (choice.preprocessing, choice.nonstationary, choice.windows, choice.spread) == (
         "pos_embedding",
         False,
@@ -124,10 +132,9 @@ def test_a_diverging_candidate_is_disqualified(tiny_model, monkeypatch):
 
     monkeypatch.setattr(selection, "diverged_steps", first_candidate_diverges)
     pipeline = DynaMixPipeline(tiny_model, ForecastOptions(random_state=0))
-    pipeline.choose_settings(np.sin(np.arange(100.0) / 3)[:, None])
-    errors = pipeline.selections[0].errors
+    (chosen,) = pipeline.choose_settings(np.sin(np.arange(100.0) / 3)[:, None])
+    errors = chosen.errors
     assert errors["delay_embedding"] == np.inf and np.isfinite(errors["pos_embedding"])
-    chosen = pipeline.selections[0]
     assert (chosen.preprocessing, chosen.nonstationary) != ("delay_embedding", False)
 
 
@@ -147,9 +154,59 @@ def test_spread_grows_with_the_error_and_saturates_when_stationary():
     np.testing.assert_allclose(spread.b, [0.5], atol=1e-9)
     np.testing.assert_allclose(spread.sigma(10)[:, 0], 0.1 * np.sqrt(steps), rtol=1e-9)
     assert spread.sigma(100_000)[-1, 0] == pytest.approx(np.sqrt(2))
-    paths = np.zeros((2000, 10, 1))
-    calibrated = spread.apply(paths, np.array([2.0]), np.random.default_rng(0))
-    np.testing.assert_allclose(calibrated.std(axis=0)[:, 0], 0.2 * np.sqrt(steps), rtol=0.1)
+    # Paths with a spread of their own get exactly sigma(h) context standard deviations around their median.
+    paths = np.random.default_rng(0).standard_normal((2000, 10, 1)).cumsum(axis=1)
+    matched = spread.match(paths, np.array([2.0]))
+    np.testing.assert_allclose(np.median(matched, axis=0), np.median(paths, axis=0))
+    np.testing.assert_allclose(robust_spread(matched - np.median(matched, axis=0))[:, 0], 0.2 * np.sqrt(steps))
+
+
+def _wide_frame(columns: int = 20) -> np.ndarray:
+    """(150, columns): trending, seasonal and noisy columns, so auto chooses differently per column."""
+    rng = np.random.default_rng(5)
+    t = np.arange(150.0)[:, None]
+    period = 6 + np.arange(columns)
+    trend = 0.05 * (np.arange(columns) % 3) * t
+    return 10 + trend + np.sin(2 * np.pi * t / period) + 0.2 * rng.standard_normal((150, columns))
+
+
+def test_each_column_of_a_wide_frame_gets_its_own_choice_and_its_forecast_alone():
+    """Nothing couples the dims of a series wider than the model: a column's forecast is the same alone."""
+    pipeline = DynaMixPipeline.from_pretrained(random_state=0, n_samples=30)
+    wide = _wide_frame()
+    (frame_choice,) = pipeline.choose_settings(wide)
+    records = frame_choice.record()["dims"]
+    assert len(records) == 20 and len({(r["preprocessing"], r["nonstationary"]) for r in records}) > 1
+    quantiles, _ = pipeline.predict_quantiles(wide, 12)  # (Q, H, 20)
+    for column in (0, 7, 19):
+        alone = wide[:, [column]]
+        assert pipeline.choose_settings(alone)[0].record() == records[column]
+        np.testing.assert_array_equal(pipeline.predict_quantiles(alone, 12)[0][..., 0], quantiles[..., column])
+        np.testing.assert_array_equal(pipeline.predict(alone, 12)[:, 0], pipeline.predict(wide, 12)[:, column])
+
+
+def test_a_column_alone_equals_the_same_column_in_a_wide_frame_in_sktime_and_darts():
+    import pandas as pd
+    from darts import TimeSeries
+
+    from dynamix_adapters.darts_model import DynaMixModel
+    from dynamix_adapters.sktime_forecaster import DynaMixForecaster
+
+    frame = pd.DataFrame(_wide_frame(), columns=[f"c{k}" for k in range(20)])
+    fh = list(range(1, 10))
+    wide = DynaMixForecaster(random_state=0, n_samples=30).fit(frame)
+    wide_interval, wide_point = wide.predict_interval(fh=fh, coverage=0.8), wide.predict(fh=fh)
+    model = DynaMixModel(random_state=0).fit(TimeSeries.from_dataframe(frame))
+    wide_samples = model.predict(9, num_samples=30, random_state=0).all_values()  # (H, 20, samples)
+    for column in ("c3", "c16"):
+        alone = DynaMixForecaster(random_state=0, n_samples=30).fit(frame[[column]])
+        pd.testing.assert_frame_equal(alone.predict(fh=fh), wide_point[[column]])
+        np.testing.assert_array_equal(
+            alone.predict_interval(fh=fh, coverage=0.8).to_numpy(), wide_interval[column].to_numpy()
+        )
+        single = DynaMixModel(random_state=0).fit(TimeSeries.from_dataframe(frame[[column]]))
+        samples = single.predict(9, num_samples=30, random_state=0).all_values()[:, 0]
+        np.testing.assert_array_equal(samples, wide_samples[:, int(column[1:])])
 
 
 def test_adapters_report_the_choice(official_path):

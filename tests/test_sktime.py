@@ -27,9 +27,6 @@ import dynamix_adapters.pipeline
 from dynamix_adapters import DivergenceError, DivergenceWarning, DynaMixForecaster
 from dynamix_adapters.weights import tiny_test_checkpoint
 
-# sktime 1.2 announces on every construction that remember_data flips in 1.3; the adapter keeps its own context.
-pytestmark = pytest.mark.filterwarnings("ignore:The default of config ``remember_data``:FutureWarning")
-
 
 @pytest.fixture(scope="module")
 def tiny():
@@ -172,8 +169,11 @@ def test_intervals_widen_with_the_horizon_on_a_chaotic_series(official, lorenz):
     first, late = width.iloc[0], width.iloc[-10:].mean()
     # Calibrated (the default): the first step's width is the measured one-step error, not ~0.
     assert (late > 1.5 * first).all(), (first, late)
-    trend = [np.corrcoef(np.arange(len(width)), width[column])[0, 1] for column in width.columns]
-    assert min(trend) > 0.3, trend
+    # On the validated horizon (16 steps here, matched for 32) the width follows the growing validation
+    # error; past it, the ensemble's own spread, which breathes with the flow (calibration.py).
+    matched = width.iloc[:32]
+    trend = [np.corrcoef(np.arange(len(matched)), matched[column])[0, 1] for column in width.columns]
+    assert min(trend) > 0.5, trend
 
 
 def test_quantiles_variance_and_median_come_from_the_same_sample_paths(official, lorenz):
@@ -224,6 +224,31 @@ def test_same_seed_same_forecasts_also_after_pickle_and_clone(official, lorenz):
     other = official(random_state=1).fit(lorenz)
     assert not np.allclose(other.predict(fh=fh).to_numpy(), point.to_numpy())
     assert not np.allclose(other.predict_interval(fh=fh).to_numpy(), intervals.to_numpy())
+
+
+def test_one_pipeline_per_fit_dropped_on_pickling(tiny):
+    forecaster = tiny().fit(sine())
+    pipeline = forecaster._pipeline
+    point = forecaster.predict(fh=[1, 2, 3])
+    forecaster.predict_interval(fh=[1, 2, 3])
+    assert forecaster._pipeline is pipeline, "the weights are resolved once per fit, not on every access"
+    restored = pickle.loads(pickle.dumps(forecaster))
+    assert restored._loaded_pipeline is None
+    pd.testing.assert_series_equal(restored.predict(fh=[1, 2, 3]), point)
+    assert restored._pipeline.model is pipeline.model, "rebuilt from this process' cache"
+    # A refit may come with other options: set_params and fit drop the old pipeline.
+    forecaster.set_params(context_length=40)
+    assert forecaster.fit(sine())._pipeline.options.context_length == 40
+
+
+@pytest.mark.filterwarnings("error")
+def test_readme_quickstart_emits_no_warning():
+    """sktime 1.2 warns about remember_data unless a forecaster settles it; this one does (it keeps its own context)."""
+    y = load_airline()
+    forecaster = DynaMixForecaster(nonstationary=True, random_state=0).fit(y)
+    forecaster.predict(fh=range(1, 13))
+    forecaster.predict_interval(fh=range(1, 13), coverage=[0.8, 0.95])
+    assert forecaster.get_config()["remember_data"] is False
 
 
 def test_pickle_holds_no_torch_module(tiny):
@@ -400,6 +425,8 @@ def test_evaluate_with_expanding_window(tiny):
     assert np.isfinite(results["test_MeanAbsolutePercentageError"]).all()
 
 
+# sktime's own composite (not the DynaMix forecaster inside it) announces that its remember_data default flips in 1.3.
+@pytest.mark.filterwarnings("ignore:The default of config ``remember_data``:FutureWarning")
 def test_transformed_target_forecaster(tiny):
     y = load_airline()
     pipeline = TransformedTargetForecaster([("log", LogTransformer()), ("detrend", Detrender()), ("dynamix", tiny())])
@@ -410,6 +437,8 @@ def test_transformed_target_forecaster(tiny):
     assert pipeline.predict_interval(fh=[1, 2], coverage=0.8).shape == (2, 2)
 
 
+# sktime's own composite (not the DynaMix forecaster inside it) announces that its remember_data default flips in 1.3.
+@pytest.mark.filterwarnings("ignore:The default of config ``remember_data``:FutureWarning")
 def test_grid_search_over_context_length_and_preprocessing(tiny):
     y = load_airline()
     grid = {"context_length": [None, 48], "preprocessing": ["pos_embedding", "zero_embedding"]}

@@ -16,9 +16,6 @@ from dynamix_adapters import DynaMixForecaster
 
 from .conftest import OFFICIAL_SAFETENSORS, require_shared
 
-# sktime 1.2 announces on every construction that remember_data flips in 1.3; the adapter keeps its own context.
-pytestmark = pytest.mark.filterwarnings("ignore:The default of config ``remember_data``:FutureWarning")
-
 # Constructing the instance reads nothing, so collection works without ../shared; the
 # test body skips (or fails under CI=true) when the weights are absent.
 OFFICIAL_INSTANCE = DynaMixForecaster(model=str(OFFICIAL_SAFETENSORS), n_samples=20, random_state=0)

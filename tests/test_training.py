@@ -364,6 +364,29 @@ def test_isolated_diverged_updates_are_skipped_without_a_rollback(tmp_path, tiny
     )
 
 
+def test_only_a_clean_epoch_becomes_the_rollback_snapshot(tmp_path, tiny_config, corpus_cache):
+    from dataclasses import replace
+
+    class SkipsOneUpdate(Trainer):
+        """Counts the first update of the second epoch as diverged (without touching the weights)."""
+
+        def step(self, batch):
+            if self.update == self.config.batches_per_epoch:
+                return None
+            return super().step(batch)
+
+    config = replace(tiny_config, max_consecutive_skips=5)
+    clean = Trainer(config, tmp_path / "clean", cache_dir=corpus_cache)
+    clean.run(progress=False, until_epoch=1)
+    skipping = SkipsOneUpdate(config, tmp_path / "skipping", cache_dir=corpus_cache)
+    skipping.run(progress=False, until_epoch=2)
+    assert skipping.rollbacks == 0
+    after_first_epoch = final_state(clean)
+    snapshot = skipping.snapshot["model"]
+    assert all(torch.equal(snapshot[key], value) for key, value in after_first_epoch.items())
+    assert not all(torch.equal(skipping.model.state_dict()[key], value) for key, value in after_first_epoch.items())
+
+
 def test_temperatures_stay_above_their_floors(tmp_path, tiny_config, corpus_cache):
     from dataclasses import replace
 

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import DivergenceError
 from ..forecast import forecast
 from ..metrics import mase, power_spectrum_distance, state_space_divergence
+from ..rollout import DivergenceError
 
 logger = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ import pandas as pd
 
 from ..options import ForecastOptions
 from ..pipeline import DynaMixPipeline
-from ..preprocessing import EMBEDDINGS
 from ..training.finetune import FinetuneConfig, finetune
+from ..transforms.preprocessing import EMBEDDINGS
 
 logger = logging.getLogger(__name__)
 
@@ -303,8 +303,8 @@ def darts_backtest(dataset: Dataset, y: pd.Series, windows: int, parameters: dic
         forecast_horizon=dataset.horizon,
         stride=cv.step_length,
         retrain=False,
-        # darts advances a seeded model's stream with every window; pinning each window's seed makes
-        # every window match sktime's evaluate, where predict has no side effects.
+        # Point forecasts draw nothing from darts' stream, so every window is forecast with this seed, as
+        # in sktime's evaluate; pinning it also covers parameters without a seed (darts would use 0).
         random_state=parameters.get("random_state"),
         metric=[mase, smape],
         metric_kwargs=[{"m": dataset.season}, {}],

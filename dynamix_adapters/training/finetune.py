@@ -1,7 +1,7 @@
 """Fine-tuning a loaded DynaMix on a user's own series, with pretraining's windows, loss and optimizer.
 
 The series are first mapped into the model's N dims exactly as a forecast maps its
-context (``SeriesEncoding``: trend removal, per-dim scaling, embedding or split into
+context (``transforms.BatchEncoding``: trend removal, per-dim scaling, embedding or split into
 univariate units), once for every setting an "auto" forecast may choose. Each
 unit's frames then play the part of a corpus trajectory: a window gives a clean
 context and a noisy sequence (the last ``ahead`` points of the context and the next
@@ -23,7 +23,7 @@ state-space divergence (``metrics.state_space_divergence``) between the unit's f
 and long free runs from the start of its held-out part at or below the starting
 weights' to count as an improvement. And on every run, an epoch must not let more
 free runs of ``STABILITY_STEPS`` steps from the validation contexts diverge (by the
-forecast's own criterion, ``engine.EXPLOSION_FACTOR``) than the starting weights do:
+forecast's own criterion, ``rollout.dispatch.EXPLOSION_FACTOR``) than the starting weights do:
 weights tuned on short windows can be unstable beyond them, and a diverged forecast is
 returned as NaN.
 """
@@ -44,14 +44,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..encoding import SeriesEncoding
-from ..engine import EXPLOSION_FACTOR
 from ..metrics import state_space_divergence
 from ..model import DynaMix
-from ..noise import seed_entropy
-from ..pipeline import DynaMixPipeline, SeriesInput
-from ..preprocessing import min_context_length
+from ..pipeline import DynaMixPipeline, ForecastUnits, SeriesInput
+from ..rollout import seed_entropy
+from ..rollout.dispatch import EXPLOSION_FACTOR
 from ..selection import candidates
+from ..transforms.encoding import BatchEncoding
+from ..transforms.preprocessing import min_context_length
 from ..weights import save_model
 from .reference import rollout_loss, rollout_predictions
 from .trainer import FROZEN, TrainingConfig, batch_from_windows, clip_per_array, compute_gradients, floor_temperatures
@@ -220,27 +220,39 @@ class Frames:
 
 
 def encode_units(pipeline: DynaMixPipeline, series: list[np.ndarray]) -> list[np.ndarray]:
-    """Each series in model space as its forecasts may see it: the frames (T', N) of each unit of each encoding.
+    """Each series in model space as its forecasts may see it: the frames (T', N) of each unit under each setting.
 
-    With "auto" options a forecast may pick any candidate setting (``selection.candidates``)
-    for a series, and may pick another one once the weights change; so every series is
-    encoded with every candidate its length allows, and the tuned model learns them all.
-    Encodings that leave float range (a trend extrapolated off a short series) are skipped.
+    A series wider than the model is split into one unit per dim, as a forecast splits it
+    (``pipeline.ForecastUnits``). With "auto" options a forecast may pick any candidate
+    setting (``selection.candidates``) for a unit, and may pick another one once the
+    weights change; so every unit is encoded with every candidate its length allows, all
+    in one ``BatchEncoding``, and the tuned model learns them all. Encodings that leave
+    float range (a trend extrapolated off a short series) are skipped.
     """
     options, model_dims = pipeline.options, pipeline.model.arch.N
-    entropy = seed_entropy(options.random_state)
-    dims = series[0].shape[1]
-    pairs = candidates(options, dims, model_dims, stationary_only=False)
-    units = []
-    for x in (options.trim(s) for s in series):
-        for preprocessing, nonstationary in pairs:
-            if len(x) < min_context_length(preprocessing, dims, model_dims):
-                continue
-            setting = options.replace(preprocessing=preprocessing, nonstationary=nonstationary)
-            with np.errstate(all="ignore"):
-                encoding = SeriesEncoding.fit(x, setting, model_dims, entropy)
-            units.extend(u.frames for u in encoding.units if np.isfinite(u.frames).all() and len(u.frames) >= 2)
-    return units
+    units = ForecastUnits.of([options.trim(s) for s in series], None, None, model_dims).series
+    dims = units[0].shape[1]
+    jobs = [
+        (u, preprocessing, nonstationary)
+        for u, x in enumerate(units)
+        for preprocessing, nonstationary in candidates(options, dims, model_dims, stationary_only=False)
+        if len(x) >= min_context_length(preprocessing, dims, model_dims)
+    ]
+    if not jobs:
+        return []
+    source, methods, flags = zip(*jobs, strict=True)
+    with np.errstate(all="ignore"):
+        encoding = BatchEncoding.fit(
+            units,
+            methods,
+            flags,
+            standardize=options.standardize,
+            model_dims=model_dims,
+            entropy=seed_entropy(options.random_state),
+            source=source,
+        )
+    frames = [encoding.context[j, first:] for j, first in enumerate(encoding.valid_from)]
+    return [f for f in frames if len(f) >= 2 and np.isfinite(f).all()]
 
 
 def finetune(

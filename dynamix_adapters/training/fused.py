@@ -23,7 +23,7 @@ The MLP biases are taken to be zero (the recipe keeps them at zero, untrained), 
 they are neither read nor differentiated.
 
 Arithmetic follows the dtype of the inputs: float32 in training, float64 in the
-gradient test. The compiled style is that of ``dynamix_adapters.fast_rollout``:
+gradient test. The compiled style is that of ``dynamix_adapters.rollout.per_series``:
 explicit loops over contiguous memory, which LLVM vectorizes.
 """
 

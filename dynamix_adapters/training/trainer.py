@@ -51,10 +51,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..engine import DivergenceError
 from ..forecast import forecast
 from ..metrics import mase, power_spectrum_distance, state_space_divergence
 from ..model import Architecture, DynaMix
+from ..rollout import DivergenceError
 from ..weights import save_model
 from .corpus import Corpus, CorpusConfig, load_or_build
 from .fused import loss_and_gradients
@@ -487,7 +487,10 @@ class Trainer:
                         **validation,
                     },
                 )
-                if self.rollbacks == rollbacks_before_epoch and result is not None:
+                # Only a clean epoch becomes the state a rollback restores: an epoch with skipped updates
+                # can end on weights that diverge on most batches (a broad-corpus pilot snapshotted such
+                # weights and then rolled back to them 200 times).
+                if self.rollbacks == rollbacks_before_epoch and totals[2] == config.batches_per_epoch:
                     self.snapshot = self._snapshot()
                 if epoch % config.checkpoint_every == 0 or self.update == last_update:
                     self.save_checkpoint()

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from dynamix_adapters import forecast
-from dynamix_adapters.engine import DivergenceError, RolloutBatch, numba_import_error, rollout, select_backend
-from dynamix_adapters.fast_rollout import PackedContext, Weights, _advance, _compile, rollout_compiled
-from dynamix_adapters.noise import NOISE_CHUNK_STEPS, noise_blocks, noise_chunks
+from dynamix_adapters.rollout import DivergenceError, RolloutBatch, rollout, select_backend, stream_keys
+from dynamix_adapters.rollout.dispatch import BATCHED_MIN_PATHS, GPU_MIN_WORK, numba_import_error
+from dynamix_adapters.rollout.noise import NOISE_CHUNK_STEPS, standard_normals
+from dynamix_adapters.rollout.per_series import PackedContext, Weights, _advance, _compile, rollout_per_series
+from dynamix_adapters.rollout.torch_rollout import GRAPH_STEPS
 
 from .conftest import make_tiny_model
 
@@ -19,7 +21,8 @@ STEPS = 100
 
 
 def streams(*seeds):
-    return [np.random.default_rng([seed, 11]) for seed in seeds]
+    """One noise stream key per seed (seeds stand in for the units' content keys)."""
+    return stream_keys(11, np.array(seeds, dtype=np.uint64), 1)
 
 
 def left_padded(series: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -52,17 +55,6 @@ def assert_matches_reference(fast, reference, rtol=1e-4):
     assert np.all(error <= rtol * scale), f"largest relative error {np.max(error / scale):.2e}"
 
 
-def test_noise_blocks_are_each_streams_own_draws():
-    horizon = NOISE_CHUNK_STEPS + 37
-    blocks = list(noise_blocks(streams(1, 2, 3), horizon, 3))
-    assert [b.shape for b in blocks] == [(3, NOISE_CHUNK_STEPS, 3), (3, 37, 3)]
-    drawn = np.concatenate(blocks, axis=1)
-    for b, stream in enumerate(streams(1, 2, 3)):
-        np.testing.assert_array_equal(drawn[b], stream.standard_normal((horizon, 3), dtype=np.float32))
-    step_major = np.concatenate(list(noise_chunks(streams(1, 2, 3), horizon, 3)))
-    np.testing.assert_array_equal(step_major, drawn.transpose(1, 0, 2))
-
-
 def published_contexts(shared_series) -> tuple[np.ndarray, np.ndarray]:
     lengths = {"lorenz63": 2000, "chua": 1028, "sprottM": 512}
     return left_padded([shared_series(name)[:length] for name, length in lengths.items()])
@@ -72,7 +64,7 @@ def test_one_step_matches_torch_from_the_same_states(official_model, shared_seri
     """The kernel's arithmetic, free of chaos: from each torch state, one step lands within float32 rounding."""
     context, valid_from = published_contexts(shared_series)
     unit, steps = np.array([0, 1, 2, 0]), 200
-    noise = next(noise_blocks(streams(*range(len(unit))), steps, 3))  # (B, steps, N)
+    noise = standard_normals(streams(*range(len(unit))), 0, steps, 3)  # (B, steps, N)
     with torch.no_grad():
         frames = torch.from_numpy(context)
         padding = torch.arange(context.shape[1] - 1)[None, :] < torch.from_numpy(valid_from)[:, None]
@@ -120,11 +112,11 @@ def test_a_trajectory_does_not_depend_on_batch_or_threads(official_model, shared
     context, valid_from = left_padded([shared_series("sprottM")[:512], shared_series("chua")[:300]])
     unit = np.array([1, 0, 1, 0, 1])
     batched = [
-        rollout_compiled(official_model, make_batch(context, valid_from, unit, range(5)), 300, threads=threads)
+        rollout_per_series(official_model, make_batch(context, valid_from, unit, range(5)), 300, threads=threads)
         for threads in (1, 2, 3)
     ]
     alone_batch = make_batch(context[1:], valid_from[1:], np.array([0]), [2], x0=context[[1], -1])
-    alone = rollout_compiled(official_model, alone_batch, 300)
+    alone = rollout_per_series(official_model, alone_batch, 300)
     for other in batched[1:]:
         np.testing.assert_array_equal(other, batched[0])
     np.testing.assert_array_equal(alone[:, 0], batched[0][:, 2])
@@ -134,7 +126,11 @@ def test_auto_picks_the_compiled_backend_on_cpu_and_torch_elsewhere(tiny_model, 
     assert numba_import_error() is None
     assert select_backend("auto", tiny_model) == "numba"
     assert select_backend("torch", tiny_model) == "torch"
-    assert select_backend("auto", make_tiny_model().to("meta")) == "torch"
+    elsewhere = make_tiny_model().to("meta")  # stands in for a GPU: only the device type matters here
+    assert select_backend("auto", elsewhere, work=GPU_MIN_WORK) == "torch"
+    assert select_backend("auto", elsewhere, work=GPU_MIN_WORK - 1) == "numba"  # small work: the CPU kernel
+    assert select_backend("auto", elsewhere, BATCHED_MIN_PATHS, GPU_MIN_WORK - 1) == "batched"
+    assert select_backend("auto", tiny_model, BATCHED_MIN_PATHS - 1) == "numba"
     x = shared_series("lorenz63")[:1000]
     default = forecast(official_model, x, STEPS, random_state=3)
     np.testing.assert_array_equal(default, forecast(official_model, x, STEPS, random_state=3, backend="numba"))
@@ -221,3 +217,31 @@ def test_compiles_without_a_writable_cache(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="cannot cache"):
         numba.njit(cache=True)(kernel.add_one)
     assert _compile(kernel.add_one)(41) == 42
+
+
+def test_torch_rollout_split_into_noise_blocks_matches_the_compiled_kernels():
+    """A horizon past one noise block: the torch rollout draws block 2 as the kernels do (counters, not state)."""
+    model = make_tiny_model(seed=2)
+    rng = np.random.default_rng(1)
+    context, valid_from = left_padded([rng.normal(size=(length, 3)).cumsum(0) for length in (80, 40)])
+    horizon = NOISE_CHUNK_STEPS + 30
+    fast, reference = both_backends(model, context, valid_from, np.array([0, 1, 0]), range(3), horizon)
+    assert_matches_reference(fast[-50:], reference[-50:])  # the tiny model contracts: no chaos amplifies rounding
+    batched = rollout(model, make_batch(context, valid_from, np.array([0, 1, 0]), range(3)), horizon, "batched")
+    assert_matches_reference(batched[-50:], reference[-50:])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; the torch path is tested on the CPU above")
+def test_on_cuda_the_rollout_stays_on_the_device_and_matches_the_cpu_kernel(official_path, shared_series):
+    from dynamix_adapters import load_model
+
+    model = load_model(official_path, "cuda")
+    context, valid_from = published_contexts(shared_series)
+    unit = np.array([1, 2, 1, 2])
+    horizon = 3 * GRAPH_STEPS + 5  # graph replays, then eager steps
+    on_device = rollout(model, make_batch(context, valid_from, unit, range(4)), horizon, backend="torch")
+    fast = rollout(model, make_batch(context, valid_from, unit, range(4)), horizon, backend="numba")
+    assert_matches_reference(fast[:50], on_device[:50])
+    # "auto" sends a small rollout of a cuda model to the CPU kernel, bit for bit
+    small = rollout(model, make_batch(context, valid_from, unit, range(4)), horizon)
+    np.testing.assert_array_equal(small, fast)

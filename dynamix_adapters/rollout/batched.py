@@ -18,7 +18,7 @@ starts, so its frames stay in cache: at context 512 its keys, encodings and scor
 per step for 1,024 series at context 2,000).
 
 A tile costs the same whatever number of its lanes are real, so few trajectories run
-faster one by one in ``fast_rollout`` (``engine.BATCHED_MIN_PATHS``).
+faster one by one in ``per_series`` (``dispatch.BATCHED_MIN_PATHS``).
 
 Within this backend a trajectory's forecast is bit for bit the same alone or in any
 batch, at any lane, with any tile partners and any thread split: every operation is
@@ -29,7 +29,7 @@ trajectory, so every tile runs the same code; each lane's frames are left-aligne
 the frames past its own context are padding with key +inf, which gives them weight
 exactly 0 (adding 0 to a sum leaves it unchanged); and the compiler may not reassociate
 sums (no "reassoc" flag), so no summation order depends on a trip count. Noise comes
-from each trajectory's own stream (``noise.noise_blocks``), as in every backend.
+from each trajectory's own stream key (``noise.standard_normals``), as in every backend.
 
 Across backends ("numba", "torch", this one) the same noise drives the same recurrence,
 agreeing to float32 rounding per step (tested: one step from identical states lands
@@ -44,8 +44,8 @@ NaN/inf, as in torch, where divergence detection relies on it.
 >>> from dynamix_adapters.model import Architecture, DynaMix
 >>> net = DynaMix(Architecture(M=8, N=3, J=2, P=1))
 >>> context = np.random.default_rng(0).standard_normal((1, 50, 3)).astype(np.float32)
->>> from dynamix_adapters.engine import RolloutBatch
->>> batch = RolloutBatch(context, np.array([0]), context[:, -1], np.array([0]), [np.random.default_rng(1)], ("x",))
+>>> from dynamix_adapters.rollout import RolloutBatch, stream_keys
+>>> batch = RolloutBatch(context, np.array([0]), context[:, -1], np.array([0]), stream_keys(1, [7], 1), ("x",))
 >>> rollout_batched(net, batch, 20).shape
 (20, 1, 3)
 """
@@ -53,18 +53,15 @@ NaN/inf, as in torch, where divergence detection relies on it.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
 from numba.core import types
 from numba.extending import intrinsic
 
-from .fast_rollout import LOG2_E, PackedContext, Weights, _initial_states, advance_in_groups
-from .model import DynaMix
-
-if TYPE_CHECKING:
-    from .engine import RolloutBatch
+from ..model import DynaMix
+from .batch import RolloutBatch
+from .per_series import LOG2_E, PackedContext, Weights, _initial_states, advance_in_groups
 
 # Trajectories per tile: rows long enough to amortize entering each lane loop (32 lanes measured 1.1-1.2x slower
 # per trajectory at context 512 and 2,000; 128 no faster at 512), a tile's frames at context 512 within L2.
@@ -99,9 +96,9 @@ def _compile_inline(func):
 
 
 def rollout_batched(model: DynaMix, batch: RolloutBatch, horizon: int, threads: int | None = None) -> np.ndarray:
-    """The batched counterpart of ``fast_rollout.rollout_compiled``: observed dims (H, B, N), float32.
+    """The batched counterpart of ``per_series.rollout_per_series``: observed dims (H, B, N), float32.
 
-    Call it through ``engine.rollout(model, batch, horizon, backend="batched")``, which validates the batch.
+    Call it through ``dispatch.rollout(model, batch, horizon, backend="batched")``, which validates the batch.
     ``threads`` (default ``torch.get_num_threads()``) split the tiles; results do not depend on it.
     """
     weights = Weights.of(model)
@@ -273,7 +270,7 @@ def _attend(query, keys, encodings, scores, frames, tau1):
     """embedding (N', L) = sum_k a_k e_k, a = softmax_k(-|c_k - query|_1 / tau1), over frames of keys (N', T, L).
 
     Every loop body handles three dims of a frame for all L lanes at once: with one short loop per dim,
-    entering the loops would cost more than the arithmetic in them. Two passes, as in ``fast_rollout``: scores
+    entering the loops would cost more than the arithmetic in them. Two passes, as in ``per_series``: scores
     (T, L) and each lane's maximum, then the weights (written over the scores) and the sums, in float32
     within blocks of ``SUM_BLOCK`` frames and in float64 across blocks: float32 throughput, and the error of
     a 32-term float32 sum rather than of a 2,000-term one.

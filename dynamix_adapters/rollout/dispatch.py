@@ -1,18 +1,22 @@
-"""The rollout: roll many latent trajectories H steps through one DynaMix model.
+"""Dispatch: which kernel rolls a ``RolloutBatch`` out, and whether its trajectories diverged.
 
-A ``RolloutBatch`` holds everything in the model's space: preprocessed contexts
-(U, T, N) for U units (series after embedding), left-padded to a common T, the
-first valid frame of each, and B trajectories, each tied to a unit, started from an
-observation x0 and driven by its own noise stream. Trajectories beyond U are extra
-Monte-Carlo sample paths.
+Three backends compute the same recurrence: "numba" (``per_series``, one trajectory
+at a time, compiled), "batched" (``batched``, 64 trajectories side by side, compiled;
+the faster one from ``BATCHED_MIN_PATHS`` trajectories per unit on) and "torch"
+(``torch_rollout``: ``DynaMix.step`` once per step, the reference on a CPU; on a GPU
+the whole rollout stays on the device, replayed as one CUDA graph). All draw their
+gating noise from the same counter-based generator (``noise``).
 
-Two backends compute the same recurrence: "numba" (``fast_rollout``, compiled, the
-default on CPU; it splits trajectories over ``torch.get_num_threads()`` threads) and
-"torch" (``DynaMix.step`` once per step: the reference, and the choice for models on
-a GPU or where numba does not import).
-
-Gating noise comes from one numpy Generator per trajectory (``noise``), so every
-backend sees identical noise for the same seeds.
+"auto" picks, for a model on the CPU, "batched" from ``BATCHED_MIN_PATHS`` sample
+paths per unit, else "numba": the choice never depends on the other series in a call,
+so a series' forecast is bit for bit the same alone, in any batch, partition or worker
+(within a kernel it is; across kernels only to float32 rounding). Point forecasts of
+many series therefore stay on the per-series kernel unless ``backend="batched"`` is
+asked for. For a model on a GPU, "torch" once the rollout holds at least
+``GPU_MIN_WORK`` trajectory-frames, else the CPU kernels (a small rollout runs faster
+on one CPU core than the GPU launches a step takes): there the batch decides, and a
+series agrees alone and in a large batch to float32 rounding. Torch where numba does
+not import.
 
 >>> import numpy as np
 >>> from dynamix_adapters.model import Architecture, DynaMix
@@ -26,21 +30,25 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from .model import DynaMix
-from .noise import noise_chunks
+from ..model import DynaMix
+from .batch import RolloutBatch
 
 BACKENDS = ("numba", "batched", "torch")
 # From this many trajectories on, the batched kernel beats the per-series one (bench_inference.py, one thread,
 # H 1,000: at context 512 batched takes 0.90x numba's time for 20 trajectories and 0.75x for 24, 1.10x for 16;
-# at context 2,000, 1.06x for 24 and 0.77x for 32). "auto" compares it with the sample paths per series, not
-# with the batch size: the choice then never depends on the other series in a call, so a series' forecast stays
+# at context 2,000, 1.06x for 24 and 0.77x for 32). "auto" compares it with the sample paths per unit, not with
+# the batch size: the choice then never depends on the other series in a call, so a series' forecast stays
 # bit-identical alone, in any batch, partition or worker (the backends agree only to float32 rounding).
 BATCHED_MIN_PATHS = 24
+# A model on a GPU rolls out on the device from this many trajectories x context frames on; below, one CPU core
+# is faster than the ~10 kernel launches a step takes there (issue 21, on an H200: a single series at context
+# 2,000 ran 0.09 s on the numba kernel and 4.5 s step by step on the GPU; 256 series at context 512 ran 0.58 s
+# there, about twice the batched kernel's time on one core). An estimate until benchmarks/bench_gpu.py's
+# crossover scan has run on a GPU.
+GPU_MIN_WORK = 256 * 512
 # A rollout whose state leaves this many times its context's largest magnitude (in the
 # model's standardized space) has diverged. With the official weights, forecasts of the
 # published series stay within 1.1 times it, and 271 of 272 non-diverging random series
@@ -71,21 +79,17 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def select_backend(backend: str, model: DynaMix, paths_per_series: int = 1) -> str:
-    """The backend a rollout uses.
-
-    "auto" means torch for a model on a GPU or where numba does not import; on a CPU,
-    "batched" for at least ``BATCHED_MIN_PATHS`` sample paths per series, else "numba".
-    """
+def select_backend(backend: str, model: DynaMix, paths_per_unit: int = 1, work: int = 0) -> str:
+    """The backend a rollout uses; ``work`` is its trajectories times context frames (for a model on a GPU)."""
     if check_backend(backend) != "auto":
         return backend
-    if model.device.type != "cpu":
-        return "torch"
     problem = numba_import_error()
-    if problem is None:
-        return "batched" if paths_per_series >= BATCHED_MIN_PATHS else "numba"
-    warnings.warn(f"numba does not import ({problem}); using the much slower torch rollout.", stacklevel=3)
-    return "torch"
+    if problem is not None:
+        warnings.warn(f"numba does not import ({problem}); using the much slower torch rollout.", stacklevel=3)
+        return "torch"
+    if model.device.type != "cpu" and work >= GPU_MIN_WORK:
+        return "torch"
+    return "batched" if paths_per_unit >= BATCHED_MIN_PATHS else "numba"
 
 
 @functools.cache
@@ -98,69 +102,23 @@ def numba_import_error() -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class RolloutBatch:
-    """The inputs of one batched rollout, in the model's space."""
-
-    context: np.ndarray  # (U, T, N) float32, left-padded
-    valid_from: np.ndarray  # (U,) index of each unit's first real frame
-    x0: np.ndarray  # (B, N) float32 initial observations
-    unit: np.ndarray  # (B,) unit of each trajectory
-    streams: list[np.random.Generator]  # (B,) noise stream of each trajectory
-    labels: tuple[str, ...]  # (U,) how errors name each unit
-
-    def check(self, model_dims: int) -> None:
-        """Raise a ValueError naming the first inconsistent input."""
-        n = model_dims
-        if np.ndim(self.context) != 3 or self.context.shape[2] != n or self.context.shape[1] < 2:
-            raise ValueError(f"context must be (U, T >= 2, {n}), got shape {np.shape(self.context)}.")
-        n_units, length = self.context.shape[:2]
-        starts = np.asarray(self.valid_from)
-        if starts.shape != (n_units,) or np.any(starts < 0) or np.any(starts > length - 2):
-            raise ValueError(f"valid_from must hold {n_units} indices in [0, {length - 2}] (one key frame at least).")
-        if np.shape(self.x0) != (len(self.unit), n) or len(self.streams) != len(self.unit):
-            raise ValueError(f"x0 must be (B, {n}) and streams of length B for B = {len(self.unit)} trajectories.")
-        if len(self.unit) and (np.min(self.unit) < 0 or np.max(self.unit) >= n_units):
-            raise ValueError(f"unit indices must lie in [0, {n_units - 1}].")
-        if len(self.labels) != n_units:
-            raise ValueError(f"labels must name each of the {n_units} units.")
-
-
 def rollout(model: DynaMix, batch: RolloutBatch, horizon: int, backend: str = "auto") -> np.ndarray:
     """Return the observed dims of every trajectory for steps 1..H, shaped (H, B, N)."""
     batch.check(model.arch.N)
-    chosen = select_backend(backend, model, len(batch.unit) // len(batch.context))
+    work = len(batch.unit) * batch.context.shape[1]
+    chosen = select_backend(backend, model, len(batch.unit) // len(batch.context), work)
+    # The kernels import on first use: numba loads only when a compiled kernel runs.
     if chosen == "numba":
-        from .fast_rollout import rollout_compiled  # numba loads only when first used
+        from .per_series import rollout_per_series
 
-        return rollout_compiled(model, batch, horizon)
+        return rollout_per_series(model, batch, horizon)
     if chosen == "batched":
-        from .batched_rollout import rollout_batched
+        from .batched import rollout_batched
 
         return rollout_batched(model, batch, horizon)
-    return _rollout_torch(model, batch, horizon)
+    from .torch_rollout import rollout_torch
 
-
-@torch.no_grad()
-def _rollout_torch(model: DynaMix, batch: RolloutBatch, horizon: int) -> np.ndarray:
-    n = model.arch.N
-    device = model.device
-    frames = torch.as_tensor(batch.context, dtype=torch.float32, device=device)  # (U, T, N)
-    encodings = model.gating_network.encode(frames)  # (U, T-1, N), once per forecast
-    positions = torch.arange(frames.shape[1] - 1, device=device)
-    padding = positions[None, :] < torch.as_tensor(batch.valid_from, device=device)[:, None]  # (U, T-1)
-    index = torch.as_tensor(batch.unit, dtype=torch.long, device=device)
-    keys, encodings, padding = frames[index, :-1], encodings[index], padding[index]  # (B, T-1, ...)
-    z = model.initial_state(torch.as_tensor(batch.x0, dtype=torch.float32, device=device))  # (B, M)
-    experts = model.expert_stack()  # once per forecast, like the encodings
-    out = np.empty((horizon, len(batch.unit), n), dtype=np.float32)
-    step = 0
-    for noise in noise_chunks(batch.streams, horizon, n):
-        for eps in torch.from_numpy(noise).to(device):
-            z = model.step(z, keys, encodings, eps, padding, experts=experts)
-            out[step] = z[:, :n].cpu().numpy()
-            step += 1
-    return out
+    return rollout_torch(model, batch, horizon)
 
 
 def diverged_steps(observed: np.ndarray, batch: RolloutBatch) -> np.ndarray:
@@ -177,9 +135,9 @@ def diverged_steps(observed: np.ndarray, batch: RolloutBatch) -> np.ndarray:
 
 def _divergence_limit(batch: RolloutBatch) -> np.ndarray:
     """(B,) the bound a trajectory's state must stay within, in the model's standardized space."""
-    radius = np.array(
-        [np.abs(frames[start:]).max() for frames, start in zip(batch.context, batch.valid_from, strict=True)]
-    )
+    context = np.asarray(batch.context)
+    valid = np.arange(context.shape[1])[None, :] >= np.asarray(batch.valid_from)[:, None]  # (U, T)
+    radius = np.where(valid[:, :, None], np.abs(context), 0).max(axis=(1, 2))  # (U,) over each unit's own frames
     return EXPLOSION_FACTOR * np.maximum(np.maximum(radius[batch.unit], np.abs(batch.x0).max(axis=1)), 1.0)
 
 

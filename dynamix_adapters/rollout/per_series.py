@@ -18,11 +18,11 @@ numba's user cache directory when the package is read-only); with no writable
 location it is compiled once per process.
 
 >>> import numpy as np
->>> from dynamix_adapters.engine import RolloutBatch, rollout
 >>> from dynamix_adapters.model import Architecture, DynaMix
+>>> from dynamix_adapters.rollout import RolloutBatch, rollout, stream_keys
 >>> net = DynaMix(Architecture(M=8, N=3, J=2, P=1))
 >>> context = np.random.default_rng(0).standard_normal((1, 50, 3)).astype(np.float32)
->>> batch = RolloutBatch(context, np.array([0]), context[:, -1], np.array([0]), [np.random.default_rng(1)], ("x",))
+>>> batch = RolloutBatch(context, np.array([0]), context[:, -1], np.array([0]), stream_keys(1, [7], 1), ("x",))
 >>> rollout(net, batch, 20, backend="numba").shape
 (20, 1, 3)
 """
@@ -33,17 +33,14 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from functools import partial
-from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
 import torch
 
-from .model import DynaMix
-from .noise import noise_blocks
-
-if TYPE_CHECKING:
-    from .engine import RolloutBatch
+from ..model import DynaMix
+from .batch import RolloutBatch
+from .noise import NOISE_CHUNK_STEPS, standard_normals
 
 # Attention weights exp(x) with x < -87 (below 2**-125) are set to zero. The largest weight is 1,
 # so even T such weights sum to less than T * 2**-125, far below float32 resolution of the sum.
@@ -54,8 +51,8 @@ LN2 = np.float32(math.log(2))
 FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 
 
-def _compile(func):
-    options = {"nogil": True, "fastmath": FASTMATH, "error_model": "numpy"}
+def _compile(func, fastmath=FASTMATH):
+    options = {"nogil": True, "fastmath": fastmath, "error_model": "numpy"}
     try:
         return numba.njit(cache=True, **options)(func)
     except RuntimeError:  # numba found no writable cache directory
@@ -121,29 +118,45 @@ class PackedContext:
         conv = model.gating_network.conv
         kernel = conv.weight.detach().cpu().numpy().astype(np.float32)  # (out, in, 2)
         bias = conv.bias.detach().cpu().numpy().astype(np.float32)
-        frames = np.asarray(context, dtype=np.float32)
-        last_key = frames.shape[1] - 1
-        keys = np.ascontiguousarray(np.concatenate([frames[u, start:last_key] for u, start in enumerate(valid_from)]).T)
-        following = np.concatenate([frames[u, start + 1 :] for u, start in enumerate(valid_from)]).T
-        # e_k = b + K_0 c_k + K_1 c_{k+1}, elementwise in a fixed order: a frame's encoding never depends on
-        # the other units (a batched torch conv may round differently for different batch shapes).
-        encodings = np.empty(keys.shape, dtype=np.float32)
-        for out_dim in range(len(bias)):
-            acc = np.full(keys.shape[1], bias[out_dim], dtype=np.float32)
-            for in_dim in range(keys.shape[0]):
-                acc += kernel[out_dim, in_dim, 0] * keys[in_dim] + kernel[out_dim, in_dim, 1] * following[in_dim]
-            encodings[out_dim] = acc
-        offsets = np.concatenate([[0], np.cumsum([last_key - start for start in valid_from])]).astype(np.int64)
+        frames = np.ascontiguousarray(context, dtype=np.float32)
+        starts = np.asarray(valid_from, dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(frames.shape[1] - 1 - starts)]).astype(np.int64)
+        keys = np.empty((frames.shape[2], offsets[-1]), dtype=np.float32)
+        encodings = np.empty_like(keys)
+        _pack(frames, starts, offsets, kernel, bias, keys, encodings)
         return cls(keys=keys, encodings=encodings, offsets=offsets)
 
     def arrays(self) -> tuple:
         return self.keys, self.encodings, self.offsets
 
 
-def rollout_compiled(model: DynaMix, batch: RolloutBatch, horizon: int, threads: int | None = None) -> np.ndarray:
-    """The compiled counterpart of ``engine._rollout_torch``: observed dims (H, B, N), float32.
+def _pack(frames, starts, offsets, kernel, bias, keys, encodings):
+    """Each unit's valid frames c_1..c_{T-1} into keys (N, F), and e_k = b + sum_i K_0 c_k + K_1 c_{k+1}.
 
-    Call it through ``engine.rollout(model, batch, horizon, backend="numba")``, which validates the batch.
+    Frame by frame in a fixed order, so a frame's encoding never depends on the other
+    units (a batched torch conv may round differently for different batch shapes).
+    """
+    dims, last_key = frames.shape[2], frames.shape[1] - 1
+    for u in range(len(starts)):
+        column = offsets[u]
+        for t in range(starts[u], last_key):
+            for i in range(dims):
+                keys[i, column] = frames[u, t, i]
+            for o in range(dims):
+                acc = bias[o]
+                for i in range(dims):
+                    acc += kernel[o, i, 0] * frames[u, t, i] + kernel[o, i, 1] * frames[u, t + 1, i]
+                encodings[o, column] = acc
+            column += 1
+
+
+_pack = _compile(_pack, fastmath=False)  # every frame's encoding is the same IEEE sum, in the same order
+
+
+def rollout_per_series(model: DynaMix, batch: RolloutBatch, horizon: int, threads: int | None = None) -> np.ndarray:
+    """The compiled counterpart of ``torch_rollout.rollout_torch``: observed dims (H, B, N), float32.
+
+    Call it through ``dispatch.rollout(model, batch, horizon, backend="numba")``, which validates the batch.
 
     Trajectories are independent, so ``threads`` (default ``torch.get_num_threads()``)
     split them into contiguous groups; results do not depend on the split.
@@ -161,8 +174,10 @@ def rollout_compiled(model: DynaMix, batch: RolloutBatch, horizon: int, threads:
     return out
 
 
-def advance_in_groups(streams, horizon: int, dims: int, items: int, threads: int | None, advance) -> None:
+def advance_in_groups(streams: np.ndarray, horizon: int, dims: int, items: int, threads: int | None, advance) -> None:
     """Call ``advance(noise, out_start, first, stop)`` for every noise block (B, k, N) and group of items.
+
+    The noise of trajectory b comes from its stream key ``streams[b]`` (``noise.standard_normals``).
 
     The ``items`` (trajectories, or tiles of them) are independent, so they split into
     contiguous groups over ``threads`` threads (default ``torch.get_num_threads()``); the
@@ -170,11 +185,10 @@ def advance_in_groups(streams, horizon: int, dims: int, items: int, threads: int
     """
     groups = max(1, min(threads or torch.get_num_threads(), items))
     bounds = np.linspace(0, items, groups + 1).astype(np.int64)
-    start = 0
     with ThreadPoolExecutor(groups) as pool:
-        for noise in noise_blocks(streams, horizon, dims):
+        for start in range(0, horizon, NOISE_CHUNK_STEPS):
+            noise = standard_normals(streams, start, min(NOISE_CHUNK_STEPS, horizon - start), dims)  # (B, k, N)
             list(pool.map(partial(_advance_group, advance, noise, start, bounds), range(groups)))
-            start += noise.shape[1]
 
 
 def _advance_group(advance, noise, start, bounds, group) -> None:
