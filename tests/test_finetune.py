@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -174,12 +176,31 @@ def test_sktime_pretrain_then_fit_predict_uses_the_tuned_weights():
 
     # sktime's contract: a refit and a clone keep the pretrained weights, reset() drops them.
     np.testing.assert_array_equal(forecaster.fit(y).predict(fh=[1, 2, 3]), tuned)
+    # The forecaster's one cached pipeline wraps the tuned weights; a pickle leaves it out
+    # and the unpickled forecaster rebuilds it around the pickled weights.
+    assert forecaster._pipeline.model is pretrained["pretrained_model_"]
+    restored = pickle.loads(pickle.dumps(forecaster))
+    assert restored.__dict__["_loaded_pipeline"] is None
+    np.testing.assert_array_equal(restored.predict(fh=[1, 2, 3]), tuned)
     twin = forecaster.clone()
     assert twin.state == "pretrained"
     np.testing.assert_array_equal(twin.fit(y).predict(fh=[1, 2, 3]), tuned)
     forecaster.reset()
     assert forecaster.state == "new" and not hasattr(forecaster, "pretrained_model_")
     np.testing.assert_array_equal(forecaster.fit(y).predict(fh=[1, 2, 3]), zero_shot)
+
+
+def test_sktime_pretrain_after_fit_replaces_the_cached_pipeline():
+    pytest.importorskip("sktime")
+    from dynamix_adapters import DynaMixForecaster
+    from dynamix_adapters.weights import tiny_test_checkpoint
+
+    y = panel_frame().loc["s0"]
+    forecaster = DynaMixForecaster(model=str(tiny_test_checkpoint()), n_samples=10, random_state=0).fit(y)
+    zero_shot = forecaster.predict(fh=[1, 2, 3])
+    forecaster.pretrain(panel_frame())
+    assert forecaster._pipeline.model is forecaster.pretrained_model_
+    assert not np.allclose(forecaster.fit(y).predict(fh=[1, 2, 3]), zero_shot)
 
 
 def test_sktime_pretrain_rejects_a_single_series():
