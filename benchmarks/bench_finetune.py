@@ -37,7 +37,7 @@ from dynamix_adapters import DynaMixPipeline
 from dynamix_adapters.benchmark import real_world
 from dynamix_adapters.benchmark.report import markdown_table
 from dynamix_adapters.training.finetune import FinetuneConfig, finetune
-from dynamix_adapters.weights import OFFICIAL_MODEL, describe_models
+from dynamix_adapters.weights import DEFAULT_MODEL, OFFICIAL_MODEL, describe_models
 
 BAR_SECONDS = 180
 PANEL_SIZES = (8, 125, 1000)
@@ -145,7 +145,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="FinetuneConfig overrides")
     args = parser.parse_args()
     available = {row["name"] for row in describe_models() if row["available"]}
-    weights = OFFICIAL_MODEL if OFFICIAL_MODEL in available else sorted(available)[0]
+    weights = OFFICIAL_MODEL if OFFICIAL_MODEL in available else DEFAULT_MODEL
     defaults = FinetuneConfig()
     config = replace(defaults, **{k: type(getattr(defaults, k))(v) for k, v in (item.split("=") for item in args.set)})
     if "timing" in args.part:
