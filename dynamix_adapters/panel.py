@@ -135,6 +135,12 @@ class ModelSpec:
         return ModelSpec(self.model, self.options.replace(random_state=seed), self.backend, self.device)
 
 
+def long_series(frame: pd.DataFrame, columns: LongFormat) -> tuple[pd.Index, list[np.ndarray]]:
+    """The ids of a long frame (sorted) and each id's values (T_id, D) in time order, checked as for a forecast."""
+    panel = _Panel.of(frame, columns)
+    return panel.ids, np.split(panel.values, panel.offsets[1:-1])
+
+
 def forecast_long(
     pipeline: DynaMixPipeline,
     frame: pd.DataFrame,

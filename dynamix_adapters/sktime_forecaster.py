@@ -11,6 +11,7 @@ from sktime.forecasting.base import BaseForecaster
 
 from .options import OPTIONS_DOC, ForecastOptions
 from .pipeline import DynaMixPipeline
+from .training.finetune import FinetuneConfig, finetune
 from .weights import DEFAULT_MODEL
 
 
@@ -36,6 +37,11 @@ class DynaMixForecaster(BaseForecaster):
     embedding_ : str
         The embedding applied to the fitted series, given their number of dims ("per series"
         when "auto" chose different ones across a panel: see ``preprocessing_``).
+    pretrained_model_ : DynaMix
+        After ``pretrain(y_panel)``: the weights fine-tuned on the panel (``training.finetune``),
+        which ``fit`` and ``predict`` then use; kept by refits and clones, dropped by ``reset``.
+    pretrain_summary_ : dict
+        After ``pretrain``: held-out error before and after, best epoch, seconds.
 
     Notes
     -----
@@ -86,6 +92,7 @@ class DynaMixForecaster(BaseForecaster):
         "capability:missing_values": False,
         "capability:unequal_length": True,
         "capability:random_state": True,
+        "capability:pretrain": True,
         "property:randomness": "derandomized",
         "requires-fh-in-fit": False,
     }
@@ -145,16 +152,47 @@ class DynaMixForecaster(BaseForecaster):
 
     @property
     def _pipeline(self) -> DynaMixPipeline:
-        """The model (loaded once per process) with this forecaster's options; resolved once per fit."""
+        """The model (loaded once per process) with this forecaster's options; resolved once per fit.
+
+        After ``pretrain``, the fine-tuned weights (``pretrained_model_``) instead of ``model``.
+        """
         if getattr(self, "_loaded_pipeline", None) is None:
             options = ForecastOptions.pick(self.get_params(deep=False))
-            self._loaded_pipeline = DynaMixPipeline.from_pretrained(self.model, self.device, **options)
+            tuned = getattr(self, "pretrained_model_", None)
+            if tuned is not None:
+                self._loaded_pipeline = DynaMixPipeline(tuned, ForecastOptions(**options))
+            else:
+                self._loaded_pipeline = DynaMixPipeline.from_pretrained(self.model, self.device, **options)
         return self._loaded_pipeline
 
     def __getstate__(self) -> dict:
         # Never pickled with the forecaster: the torch model stays in this process' cache, and the
-        # unpickled forecaster's first use finds it in its own process' cache.
+        # unpickled forecaster's first use finds it in its own process' cache (or rebuilds it around
+        # ``pretrained_model_``, which is pickled: it is the forecaster's state).
         return {**self.__dict__, "_loaded_pipeline": None}
+
+    def _pretrain(self, y, X=None, fh=None):
+        """Fine-tune the weights on every series of the panel ``y`` (see ``training.finetune``).
+
+        Starts from ``model`` and keeps the weights that forecast the held-out end of the
+        panel's series best, the starting weights included; ``fit`` and ``predict`` then use
+        them. Sets ``pretrained_model_`` (the tuned DynaMix) and ``pretrain_summary_``.
+        """
+        return self._finetune_on(y, self._pipeline)
+
+    def _pretrain_update(self, y, X=None, fh=None):
+        """Fine-tune further on a new panel, starting from the weights the last ``pretrain`` left."""
+        return self._finetune_on(y, self._pipeline)
+
+    def _finetune_on(self, y, start: DynaMixPipeline):
+        _, frames = _split_instances(y)
+        seed = self.random_state if isinstance(self.random_state, int) else 0
+        config = FinetuneConfig(seed=seed)
+        result = finetune(start, [frame.to_numpy(dtype=np.float64) for frame in frames], config, progress=False)
+        self.pretrained_model_ = result.model
+        self.pretrain_summary_ = result.summary()
+        self._loaded_pipeline = None  # the next use wraps the tuned weights
+        return self
 
     def _update(self, y, X=None, update_params=True):
         # A zero-shot model has no parameters to refit: whatever update_params says, the
@@ -213,7 +251,8 @@ class DynaMixForecaster(BaseForecaster):
     def _panel_forecast(self, method: str, horizon: int) -> np.ndarray:
         """``pipeline.<method>`` over all series; a panel goes in chunks through sktime's ``backend:parallel``."""
         backend = self.get_config()["backend:parallel"]
-        if backend is None or self._instances is None:
+        # Fine-tuned weights live in this process only, so a pretrained forecaster forecasts here.
+        if backend is None or self._instances is None or getattr(self, "pretrained_model_", None) is not None:
             return getattr(self._pipeline, method)(self._contexts(), horizon, names=self._labels())
         from .panel import ModelSpec, forecast_chunks_parallel
 

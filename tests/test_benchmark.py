@@ -48,8 +48,9 @@ def test_quick_track_b_every_model_finite(quick_run):
     models = set(windows["model"])
     assert {"AutoARIMA", "AutoETS", "AutoTheta", "Seasonal naive"} <= models
     per_weight_set = pd.Series([m.split("(")[-1] for m in models if m.startswith("DynaMix")]).value_counts()
-    assert per_weight_set[f"{OFFICIAL_MODEL})"] == 6  # auto, four embeddings and the non-stationary option
-    assert (per_weight_set == 6).all()
+    # auto, four embeddings, the non-stationary option and the fine-tuned defaults
+    assert per_weight_set[f"{OFFICIAL_MODEL})"] == 7
+    assert (per_weight_set == 7).all()
     assert np.isfinite(windows[["MASE", "sMAPE", "seconds_point", "seconds_with_intervals"]].to_numpy()).all()
     coverage = windows[["coverage_80", "coverage_95"]].to_numpy()
     assert ((coverage >= 0) & (coverage <= 1)).all()
@@ -197,3 +198,15 @@ def test_bundled_weights_count_as_available_once_shipped(monkeypatch, tmp_path):
     shutil.copy(weights.tiny_test_checkpoint(), tmp_path / f"{weights.BUNDLED_MODEL}.safetensors")
     assert bundled_row()["available"]
     assert bundled_row()["location"] == str(tmp_path / f"{weights.BUNDLED_MODEL}.safetensors")
+
+
+@pytest.mark.slow
+def test_quick_track_b_finetunes_on_history_only(quick_run):
+    tuning = pd.read_csv(quick_run / "track_b_finetuning.csv")
+    assert set(tuning["dataset"]) == set(suite.QUICK.datasets)
+    for row in tuning.itertuples():
+        dataset = real_world.DATASETS[row.dataset]
+        cv = real_world.splitter(len(dataset.load()), dataset.horizon, suite.QUICK.windows)
+        assert row.history == cv.initial_window  # the first test window starts right after it
+    assert (tuning["best_validation_mse"] <= tuning["start_validation_mse"]).all()
+    assert (quick_run / "finetuned").is_dir()

@@ -26,6 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..options import ForecastOptions
+from ..pipeline import DynaMixPipeline
+from ..training.finetune import FinetuneConfig, finetune
 from ..transforms.preprocessing import EMBEDDINGS
 
 logger = logging.getLogger(__name__)
@@ -166,6 +169,29 @@ def dynamix_variants(weight_sets: list[str], n_samples: int) -> dict[str, dict]:
             "nonstationary": True,
         }
     return variants
+
+
+def finetuned_variants(weight_sets: list[str], n_samples: int) -> dict[str, dict]:
+    """The defaults (auto) of each weight set, to be fine-tuned on each dataset's history (``finetune_on_history``)."""
+    return {
+        f"DynaMix fine-tuned ({weights})": dynamix_variants([weights], n_samples)[f"DynaMix auto ({weights})"]
+        for weights in weight_sets
+    }
+
+
+def finetune_on_history(
+    parameters: dict, dataset: Dataset, y: pd.Series, windows: int, path: Path, config: FinetuneConfig | None = None
+) -> tuple[dict, dict]:
+    """Fine-tune ``parameters["model"]`` on ``y`` before the first test window and save it to ``path``.
+
+    Returns the forecaster parameters with ``model=path`` and the run's summary. Only points
+    before the first window's cutoff + 1 are used: no test point of any window.
+    """
+    history = y.to_numpy(dtype=float)[: splitter(len(y), dataset.horizon, windows).initial_window]
+    start = DynaMixPipeline.from_pretrained(parameters["model"], **ForecastOptions.pick(parameters))
+    result = finetune(start, [history], config, progress=False)
+    result.save(path)
+    return {**parameters, "model": str(path)}, {"dataset": dataset.name, "history": len(history), **result.summary()}
 
 
 def local_chronos_models() -> dict[str, Path]:

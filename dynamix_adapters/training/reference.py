@@ -47,6 +47,19 @@ def rollout_loss(
     largest : torch.Tensor
         Scalar, the largest absolute latent entry reached (no gradient).
     """
+    predictions, largest = rollout_predictions(model, context, sequence, noise, interval, detach_query)
+    return torch.mean((predictions - sequence[:, 1:]) ** 2), largest
+
+
+def rollout_predictions(
+    model: DynaMix,
+    context: torch.Tensor,
+    sequence: torch.Tensor,
+    noise: torch.Tensor,
+    interval: int,
+    detach_query: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pre-forcing observed dims of every step (B, L - 1, N) and the largest |z|, as in :func:`rollout_loss`."""
     n = model.arch.N
     gating = model.gating_network
     keys = context[:, :-1]  # (B, T_C - 1, N)
@@ -69,5 +82,4 @@ def rollout_loss(
         predictions.append(z[:, :n])
         if t % interval == 0:
             z = torch.cat([sequence[:, t], z[:, n:]], dim=-1)
-    mse = torch.mean((torch.stack(predictions, dim=1) - sequence[:, 1:]) ** 2)
-    return mse, largest
+    return torch.stack(predictions, dim=1), largest

@@ -228,16 +228,22 @@ class Batch:
 
 def sample_batch(trajectories: np.ndarray, config: TrainingConfig, rng: np.random.Generator) -> Batch:
     """Random windows of ``trajectories`` (K, T, N), uniformly over trajectories and start points."""
-    count, length, n = trajectories.shape
+    count, length, _ = trajectories.shape
     window = config.window_length
     which = rng.integers(count, size=config.batch_size)
     start = rng.integers(length - window + 1, size=config.batch_size)
     windows = trajectories[which[:, None], start[:, None] + np.arange(window)]  # (B, window, N)
+    return batch_from_windows(windows, config, rng)
+
+
+def batch_from_windows(windows: np.ndarray, config: TrainingConfig, rng: np.random.Generator) -> Batch:
+    """Cut windows (B, window_length, N) into a clean context and a noisy sequence, and draw the gating noise."""
+    count, _, n = windows.shape
     sequence = windows[:, config.sequence_offset : config.sequence_offset + config.sequence_length]
-    shape = (config.batch_size, config.sequence_length, n)
+    shape = (count, config.sequence_length, n)
     noisy = (sequence + config.input_noise * rng.standard_normal(shape)).astype(np.float32)
-    noise = rng.standard_normal((config.batch_size, config.sequence_length - 1, n)).astype(np.float32)
-    return Batch(np.ascontiguousarray(windows[:, : config.context_length]), noisy, noise)
+    noise = rng.standard_normal((count, config.sequence_length - 1, n)).astype(np.float32)
+    return Batch(np.ascontiguousarray(windows[:, : config.context_length], dtype=np.float32), noisy, noise)
 
 
 def sigma_penalty(model: DynaMix, config: TrainingConfig) -> torch.Tensor:
@@ -268,6 +274,18 @@ def compute_gradients(model: DynaMix, batch: Batch, config: TrainingConfig) -> t
     penalty = sigma_penalty(model, config)
     (config.sigma_regularization * penalty).backward()
     return mse, penalty.item(), largest
+
+
+def floor_temperatures(model: DynaMix, config: TrainingConfig) -> None:
+    """Keep |softmax_temp1| >= ``tau1_floor`` and |softmax_temp2| >= ``tau2_floor``, signs unchanged."""
+    gating = model.gating_network
+    with torch.no_grad():
+        for temperature, floor in (
+            (gating.softmax_temp1, config.tau1_floor),
+            (gating.softmax_temp2, config.tau2_floor),
+        ):
+            sign = torch.where(temperature < 0, -1.0, 1.0)
+            temperature.copy_(sign * temperature.abs().clamp_min(floor))
 
 
 def clip_per_array(parameters: list[torch.nn.Parameter], limit: float) -> float:
@@ -393,18 +411,8 @@ class Trainer:
         if not (math.isfinite(mse) and math.isfinite(norm) and largest <= self.config.max_latent):
             return None
         self.optimizer.step()
-        self._floor_temperatures()
+        floor_temperatures(self.model, self.config)
         return mse, penalty, largest, norm
-
-    def _floor_temperatures(self) -> None:
-        gating = self.model.gating_network
-        with torch.no_grad():
-            for temperature, floor in (
-                (gating.softmax_temp1, self.config.tau1_floor),
-                (gating.softmax_temp2, self.config.tau2_floor),
-            ):
-                sign = torch.where(temperature < 0, -1.0, 1.0)
-                temperature.copy_(sign * temperature.abs().clamp_min(floor))
 
     def run(self, resume: bool = False, progress: bool = True, until_epoch: int | None = None) -> Path | None:
         """Train to ``config.epochs`` (continuing from the checkpoint if ``resume``); returns the weights file.

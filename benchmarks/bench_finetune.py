@@ -1,0 +1,158 @@
+"""Fine-tuning: time on eight real series, scaling to 1,000 series, and Track B accuracy before and after.
+
+Timing (``--part timing``): fine-tuning with the default ``FinetuneConfig`` on eight real
+series of a few hundred points each (quarterly macro data, beer production, electricity
+demand, a heart rate, a stock price), on one thread, against the 3-minute bar; then on
+panels of 8, 125 and 1,000 series cut from them, printing seconds per series side by
+side (linear scaling keeps that constant; fewer seconds per series is better than
+linear). All runs use the same epochs (``patience`` set to ``epochs`` so early stopping
+cannot make a panel look cheap), so the panels differ only in their number of series.
+
+Accuracy (``--part accuracy``): Track B's datasets and windows (benchmark/real_world.py)
+for DynaMix's defaults zero-shot, the same defaults fine-tuned on each dataset's
+history before its first test window, and AutoETS: median MASE over all windows, the
+ratio fine-tuned / zero-shot, mean 80% coverage, and a per-dataset table.
+
+    DYNAMIX_MODEL_DIR=../shared/models python benchmarks/bench_finetune.py [--part timing accuracy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dynamix_adapters import DynaMixPipeline
+from dynamix_adapters.benchmark import real_world
+from dynamix_adapters.benchmark.report import markdown_table
+from dynamix_adapters.training.finetune import FinetuneConfig, finetune
+from dynamix_adapters.weights import DEFAULT_MODEL, OFFICIAL_MODEL, describe_models
+
+BAR_SECONDS = 180
+PANEL_SIZES = (8, 125, 1000)
+SCALING_EPOCHS = 10
+
+
+def eight_real_series() -> dict[str, np.ndarray]:
+    """Eight real series of 150-500 points that Track B does not use (offline statsmodels and pmdarima data)."""
+    import statsmodels.api as sm
+    from pmdarima import datasets
+
+    macro = sm.datasets.macrodata.load_pandas().data
+    return {
+        "realgdp (quarterly)": macro["realgdp"].to_numpy(float),
+        "unemp (quarterly)": macro["unemp"].to_numpy(float),
+        "infl (quarterly)": macro["infl"].to_numpy(float),
+        "ausbeer (quarterly beer)": datasets.load_ausbeer(as_series=True).dropna().to_numpy(float),
+        "taylor (half-hourly electricity)": datasets.load_taylor(as_series=True).to_numpy(float)[-480:],
+        "heartrate": datasets.load_heartrate(as_series=True).to_numpy(float),
+        "msft (daily close)": datasets.load_msft()["Close"].to_numpy(float)[-400:],
+        "austres (quarterly residents)": datasets.load_austres(as_series=True).to_numpy(float),
+    }
+
+
+def panel(series: list[np.ndarray], size: int, seed: int = 0) -> list[np.ndarray]:
+    """``size`` series cut from ``series``: random stretches of 80-100% of one, with a little noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(size):
+        x = series[i % len(series)]
+        length = int(len(x) * rng.uniform(0.8, 1.0))
+        start = rng.integers(len(x) - length + 1)
+        piece = x[start : start + length]
+        out.append(piece + 0.01 * piece.std() * rng.standard_normal(length))
+    return out
+
+
+def timing(weights: str) -> None:
+    torch.set_num_threads(1)
+    real = eight_real_series()
+    start = DynaMixPipeline.from_pretrained(weights, random_state=0)
+    print(f"Fine-tuning {weights} with the default FinetuneConfig, one thread")
+    for name, x in real.items():
+        print(f"  {name:34s} {len(x):4d} points")
+    t = time.perf_counter()
+    result = finetune(start, list(real.values()), progress=False)
+    seconds = time.perf_counter() - t
+    print(
+        f"8 real series: {seconds:.1f} s ({result.epochs_run} epochs, best {result.best_epoch}; held-out MSE "
+        f"{result.start_score:.4f} -> {result.best_score:.4f}); bar {BAR_SECONDS} s: ratio {seconds / BAR_SECONDS:.2f}"
+    )
+    config = FinetuneConfig(epochs=SCALING_EPOCHS, patience=SCALING_EPOCHS)
+    print(f"\nScaling, {SCALING_EPOCHS} epochs each (no early stop):")
+    print("  series  seconds  s/series  vs 8 series (1.00 = linear, < 1 better)")
+    base = None
+    for size in PANEL_SIZES:
+        t = time.perf_counter()
+        finetune(start, panel(list(real.values()), size), config, progress=False)
+        seconds = time.perf_counter() - t
+        per_series = seconds / size
+        base = base or per_series
+        print(f"  {size:6d}  {seconds:7.1f}  {per_series:8.3f}  {per_series / base:.3f}")
+
+
+def accuracy(weights: str, windows: int, config: FinetuneConfig) -> None:
+    from dynamix_adapters import DynaMixForecaster
+
+    rows, tuning = [], []
+    folder = Path(tempfile.mkdtemp(prefix="dynamix-finetune-"))
+    zero_name, tuned_name = f"DynaMix auto ({weights})", f"DynaMix fine-tuned ({weights})"
+    parameters = real_world.dynamix_variants([weights], 100)[zero_name]
+    for dataset in real_world.DATASETS.values():
+        y = dataset.load()
+        path = folder / f"{dataset.name}.safetensors"
+        tuned, summary = real_world.finetune_on_history(parameters, dataset, y, windows, path, config)
+        tuning.append(summary)
+        models = {
+            zero_name: DynaMixForecaster(**parameters),
+            tuned_name: DynaMixForecaster(**tuned),
+            "AutoETS": real_world.baselines(dataset.season)["AutoETS"],
+        }
+        for name, forecaster in models.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                rows.extend(real_world.evaluate_model(name, forecaster, dataset, y, windows))
+    frame = pd.DataFrame(rows)
+    summary = frame.groupby("model", sort=False).agg(
+        MASE=("MASE", "median"), coverage_80=("coverage_80", "mean"), coverage_95=("coverage_95", "mean")
+    )
+    print(summary.round(3).to_string())
+    ratio = summary.loc[tuned_name, "MASE"] / summary.loc[zero_name, "MASE"]
+    print(f"fine-tuned / zero-shot median MASE: {ratio:.3f} (bar <= 0.85)")
+    print(f"fine-tuned / AutoETS median MASE: {summary.loc[tuned_name, 'MASE'] / summary.loc['AutoETS', 'MASE']:.3f}")
+    by_dataset = frame.pivot_table(index="dataset", columns="model", values="MASE", aggfunc="median", sort=False)
+    frame.to_csv(folder / "windows.csv", index=False)
+    print(f"\nMedian MASE per dataset (per-window rows in {folder / 'windows.csv'}):")
+    print(markdown_table(by_dataset.round(3).reset_index()))
+    print("\nFine-tuning runs:\n" + markdown_table(pd.DataFrame(tuning)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", nargs="+", choices=("timing", "accuracy"), default=["timing", "accuracy"])
+    parser.add_argument("--windows", type=int, default=5, help="Track B forecast origins per dataset (default 5)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="FinetuneConfig overrides")
+    args = parser.parse_args()
+    available = {row["name"] for row in describe_models() if row["available"]}
+    weights = OFFICIAL_MODEL if OFFICIAL_MODEL in available else DEFAULT_MODEL
+    defaults = FinetuneConfig()
+    config = replace(defaults, **{k: type(getattr(defaults, k))(v) for k, v in (item.split("=") for item in args.set)})
+    if "timing" in args.part:
+        timing(weights)
+    if "accuracy" in args.part:
+        accuracy(weights, args.windows, config)
+
+
+if __name__ == "__main__":
+    main()
