@@ -48,17 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--time-col", help="time column (default: detected: a datetime-like first column)")
     run.add_argument("--columns", help="comma-separated columns to forecast (default: all numeric ones)")
     run.add_argument("--model", default=None, help=f"weight set name or weights path (default: {DEFAULT_MODEL})")
-    run.add_argument(
-        "--preprocessing", default="auto", choices=("auto", *EMBEDDINGS), help="embedding for few dims (default: auto)"
-    )
-    run.add_argument(
-        "--nonstationary",
-        nargs="?",
-        const="true",
-        default="auto",
-        choices=("auto", "true", "false"),
-        help="remove Box-Cox + power-law trend first (bare flag: true; default: auto)",
-    )
+    _add_setting_arguments(run)
     run.add_argument("--context-length", type=int, default=None, help="use only the last N rows as context")
     run.add_argument("--samples", type=int, default=0, help="sample paths; adds quantile columns (e.g. x_q0.05)")
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -80,17 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--columns", help="comma-separated value columns (default: all numeric ones)")
     tune.add_argument("--output", required=True, type=Path, help="where to write the weights (.safetensors)")
     tune.add_argument("--model", default=None, help=f"starting weights: name or path (default: {DEFAULT_MODEL})")
-    tune.add_argument(
-        "--preprocessing", default="auto", choices=("auto", *EMBEDDINGS), help="embedding for few dims (default: auto)"
-    )
-    tune.add_argument(
-        "--nonstationary",
-        nargs="?",
-        const="true",
-        default="auto",
-        choices=("auto", "true", "false"),
-        help="remove Box-Cox + power-law trend first (bare flag: true; default: auto)",
-    )
+    _add_setting_arguments(tune)
     defaults = FinetuneConfig()
     tune.add_argument("--epochs", type=int, default=defaults.epochs, help=f"most epochs (default {defaults.epochs})")
     tune.add_argument(
@@ -307,6 +287,21 @@ def _plot_forecast(data: pd.DataFrame, index: pd.Index, result: pd.DataFrame, sa
     fig.savefig(path, dpi=110)
     plt.close(fig)
     print(f"wrote plot to {path}")
+
+
+def _add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """--preprocessing and --nonstationary: the settings a forecast (and so a fine-tuning run) may use."""
+    parser.add_argument(
+        "--preprocessing", default="auto", choices=("auto", *EMBEDDINGS), help="embedding for few dims (default: auto)"
+    )
+    parser.add_argument(
+        "--nonstationary",
+        nargs="?",
+        const="true",
+        default="auto",
+        choices=("auto", "true", "false"),
+        help="remove Box-Cox + power-law trend first (bare flag: true; default: auto)",
+    )
 
 
 def _add_long_format_arguments(run: argparse.ArgumentParser) -> None:
