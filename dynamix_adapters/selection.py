@@ -58,6 +58,9 @@ NONSTATIONARY_MARGIN = 0.25
 # horizon the calibrated spread extrapolates (calibration.py).
 MAX_VALIDATION_STEPS = 16
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Validation jobs (series x candidates x windows) encoded and rolled out together: enough to fill the
+# batched kernel's tiles, few enough that the temporaries stay off the page-fault path (pipeline.py).
+VALIDATION_CHUNK_JOBS = 2048
 
 
 @dataclass(frozen=True)
@@ -134,11 +137,15 @@ def select(pipeline, series: list[np.ndarray], entropy: int, stationary_only: bo
         fixed = Selection(options.preprocessing, options.nonstationary, embedding or options.preprocessing)
         return [fixed] * len(series)
     pairs = candidates(options, dims, model_dims, stationary_only)
-    plans = [_plan(x, pairs, model_dims) for x in series]
-    errors = _validate(pipeline, series, plans, entropy)
-    return [
-        _choose(plan, error, embedding, content_key(x)) for x, plan, error in zip(series, plans, errors, strict=True)
-    ]
+    jobs_per_series = len(pairs) * VALIDATION_WINDOWS * VALIDATION_PATHS
+    size = max(1, VALIDATION_CHUNK_JOBS // jobs_per_series)
+    chosen = []
+    for first in range(0, len(series), size):  # in chunks: each series' choice is its own
+        chunk = series[first : first + size]
+        plans = [_plan(x, pairs, model_dims) for x in chunk]
+        errors = _validate(pipeline, chunk, plans, entropy, jobs_per_series)
+        chosen += [_choose(plan, e, embedding, content_key(x)) for x, plan, e in zip(chunk, plans, errors, strict=True)]
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -161,7 +168,9 @@ def _plan(x: np.ndarray, pairs: list[tuple[str, bool]], model_dims: int) -> _Pla
     return _Plan(step, cuts, usable)
 
 
-def _validate(pipeline, series: list[np.ndarray], plans: list[_Plan], entropy: int) -> list[np.ndarray]:
+def _validate(
+    pipeline, series: list[np.ndarray], plans: list[_Plan], entropy: int, jobs_per_series: int
+) -> list[np.ndarray]:
     """Per series, (candidates, windows) MASE and (candidates, windows, step, D) standardized errors.
 
     Every series, candidate and window is one job of a single batch encoding and one unit of a
@@ -181,14 +190,14 @@ def _validate(pipeline, series: list[np.ndarray], plans: list[_Plan], entropy: i
     errors = np.full((*mase.shape, max(steps.max(initial=0), 1), dims), np.nan)
     if len(job_window):
         windows, jobs = (owner, window, cuts, steps), (job_window, job_pair)
-        _score_jobs(pipeline, series, entropy, windows, jobs, pairs, (mase, errors))
+        _score_jobs(pipeline, series, entropy, windows, jobs, pairs, (mase, errors), jobs_per_series)
     return [
         (mase[s][usable[s]][:, : n_cuts[s]], errors[s][usable[s]][:, : n_cuts[s], : steps[s]])
         for s in range(len(plans))
     ]
 
 
-def _score_jobs(pipeline, series, entropy, windows, jobs, pairs, out) -> None:
+def _score_jobs(pipeline, series, entropy, windows, jobs, pairs, out, jobs_per_series: int) -> None:
     """Encode, roll out, decode and score every (window, candidate) job; write MASE and errors into out."""
     owner, window, cuts, steps = windows
     job_window, job_pair = jobs
@@ -217,7 +226,9 @@ def _score_jobs(pipeline, series, entropy, windows, jobs, pairs, out) -> None:
     labels = [f"validation ({s}, {c}, {k})" for s, c, k in zip(job_series, job_pair.tolist(), job_k, strict=True)]
     batch = pipeline._batch(encoding, labels, VALIDATION_PATHS, entropy)
     length = int(steps.max())
-    observed = rollout(pipeline.model, batch, length, pipeline.backend)  # (L, P*U, N)
+    # "auto" picks the kernel by what validation rolls out per series (every candidate and window), never by
+    # the batch: a series' choice is the same alone and in a panel.
+    observed = rollout(pipeline.model, batch, length, pipeline.backend, paths_per_series=jobs_per_series)  # (L, P*U, N)
     unit_ok &= ~(diverged_steps(observed, batch) >= 0).reshape(VALIDATION_PATHS, -1).any(axis=0)
     job_ok = unit_ok  # one unit per job
     with np.errstate(all="ignore"):
@@ -230,7 +241,10 @@ def _score_jobs(pipeline, series, entropy, windows, jobs, pairs, out) -> None:
     target = np.where(in_window[:, :, None], truth[job_window], 0.0)
     job_ok &= np.isfinite(point).all(axis=(1, 2))
     scaled_error = np.abs(point - target) / scale[job_window][:, None, :]
-    job_mase = scaled_error.sum(axis=(1, 2)) / (job_steps * point.shape[2])
+    # A running sum, read at each job's own last step: numpy's pairwise sum would group a window's errors
+    # differently when other series in the chunk pad it to a longer validation horizon.
+    running = np.cumsum(scaled_error.sum(axis=2), axis=1)  # (J, L)
+    job_mase = running[np.arange(len(job_steps)), job_steps - 1] / (job_steps * point.shape[2])
     standardized = np.where(in_window[:, :, None], (target - point) / spread[job_window][:, None, :], np.nan)
     s, c, k = owner[job_window][job_ok], job_pair[job_ok], window[job_window][job_ok]
     out[0][s, c, k] = job_mase[job_ok]

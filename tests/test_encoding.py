@@ -11,6 +11,7 @@ from scipy import optimize, signal, stats
 from dynamix_adapters.options import ForecastOptions
 from dynamix_adapters.pipeline import DynaMixPipeline
 from dynamix_adapters.rollout import content_key
+from dynamix_adapters.rollout.noise import encoding_integers
 from dynamix_adapters.systems import lorenz63_trajectory
 from dynamix_adapters.transforms import preprocessing
 from dynamix_adapters.transforms.encoding import BatchEncoding
@@ -132,7 +133,7 @@ def test_a_series_encodes_and_decodes_alone_as_in_any_batch():
         np.testing.assert_allclose(decoded[:, :, s], alone.decode(observed[:, :, [s]])[:, :, 0], rtol=1e-9)
 
 
-def test_random_lags_depend_only_on_seed_and_content_and_are_those_of_earlier_versions():
+def test_random_lags_depend_only_on_seed_and_content_and_come_from_the_counter_based_stream():
     keys = np.array([content_key(x) for x in panel(1)], dtype=np.uint64)
     lags = preprocessing.random_lags(3, keys, 2)
     low, high = preprocessing.RANDOM_LAG_RANGE
@@ -141,9 +142,10 @@ def test_random_lags_depend_only_on_seed_and_content_and_are_those_of_earlier_ve
     assert not np.array_equal(preprocessing.random_lags(4, keys, 2), lags)
     wide = preprocessing.random_lags(2**100 + 3, np.arange(400, dtype=np.uint64), 2)  # SeedSequence-sized seeds
     assert set(np.unique(wide)) == set(range(low, high + 1))
-    # The lags of earlier versions: delay_embedding_random forecasts do not change.
-    expected = np.random.default_rng([3, int(keys[0]), 0]).integers(low, high + 1, size=2)
-    np.testing.assert_array_equal(lags[0], expected)
+    # Path 0 of the unit's noise stream, so no generator object per series; and the lags are uniform.
+    np.testing.assert_array_equal(lags, encoding_integers(3, keys, 2, low, high))
+    counts = np.bincount(preprocessing.random_lags(0, np.arange(80_000, dtype=np.uint64), 1).ravel())[low:]
+    assert counts.min() > 0.95 * 80_000 / (high - low + 1) and counts.max() < 1.05 * 80_000 / (high - low + 1)
 
 
 def test_peaks_are_scipys_including_plateaus():

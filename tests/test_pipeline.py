@@ -150,3 +150,15 @@ def test_forecast_long_on_dask_threads_sharing_one_pipeline_equals_serial(shared
         parallel = client.gather(futures)
     for want, got in zip(serial, parallel, strict=True):
         pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def test_a_panel_forecast_in_chunks_equals_one_pass(shared_pipeline, monkeypatch):
+    """Chunks of a few trajectories (and mixed lengths, a wide frame split into units) change no value."""
+    import dynamix_adapters.pipeline as pipeline_module
+
+    panel = [_series(k, 60 + 5 * k, dims=5) for k in range(5)]
+    whole_paths = shared_pipeline.sample_paths(panel, HORIZON, n_samples=4)
+    whole_point = shared_pipeline.predict(panel, HORIZON)
+    monkeypatch.setattr(pipeline_module, "CHUNK_TRAJECTORIES", 12)  # 3 units a chunk at 4 paths, 12 for points
+    np.testing.assert_array_equal(shared_pipeline.sample_paths(panel, HORIZON, n_samples=4), whole_paths)
+    np.testing.assert_array_equal(shared_pipeline.predict(panel, HORIZON), whole_point)

@@ -141,10 +141,28 @@ def test_a_diverging_candidate_is_disqualified(tiny_model, monkeypatch):
 def test_all_candidates_and_windows_are_one_rollout(tiny_model, monkeypatch):
     calls = []
     real = selection.rollout
-    monkeypatch.setattr(selection, "rollout", lambda *a: calls.append(a[1].context.shape[0]) or real(*a))
+    monkeypatch.setattr(selection, "rollout", lambda *a, **k: calls.append(a[1].context.shape[0]) or real(*a, **k))
     pipeline = DynaMixPipeline(tiny_model, ForecastOptions(random_state=0))
     pipeline.choose_settings([np.sin(np.arange(100.0) / 3)[:, None], np.cos(np.arange(80.0) / 2)[:, None]])
     assert calls == [2 * 6 * 3]  # series x candidates x windows, one call
+
+
+def test_validation_in_chunks_chooses_as_in_one(tiny_model, monkeypatch):
+    """A panel validated in chunks of a few jobs gets the same choices and errors as in one rollout."""
+    panel = [np.sin(np.arange(60.0 + 7 * s) / (2 + s)) [:, None] + 0.05 * s * np.arange(60.0 + 7 * s)[:, None]
+             for s in range(7)]  # fmt: skip
+    pipeline = DynaMixPipeline(tiny_model, ForecastOptions(random_state=3))
+    whole = pipeline.choose_settings(panel)
+    calls = []
+    real = selection.rollout
+    monkeypatch.setattr(selection, "rollout", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(selection, "VALIDATION_CHUNK_JOBS", 40)  # two series (36 jobs) per chunk
+    chunked = pipeline.choose_settings(panel)
+    assert len(calls) == 4
+    assert [c.record() for c in chunked] == [c.record() for c in whole]
+    assert [c.errors for c in chunked] == [c.errors for c in whole]
+    # Alone, a series validates on a shorter horizon than the panel pads it to: still the same numbers.
+    assert pipeline.choose_settings(panel[:1])[0].errors == whole[0].errors
 
 
 def test_spread_grows_with_the_error_and_saturates_when_stationary():

@@ -42,7 +42,7 @@ BACKENDS = ("numba", "batched", "torch")
 # at context 2,000, 1.06x for 24 and 0.77x for 32). "auto" compares it with the sample paths per unit, not with
 # the batch size: the choice then never depends on the other series in a call, so a series' forecast stays
 # bit-identical alone, in any batch, partition or worker (the backends agree only to float32 rounding).
-BATCHED_MIN_PATHS = 24
+BATCHED_MIN_PATHS = 16
 # A model on a GPU rolls out on the device from this many trajectories x context frames on; below, one CPU core
 # is faster than the ~10 kernel launches a step takes there (issue 21, on an H200: a single series at context
 # 2,000 ran 0.09 s on the numba kernel and 4.5 s step by step on the GPU; 256 series at context 512 ran 0.58 s
@@ -102,11 +102,19 @@ def numba_import_error() -> str | None:
     return None
 
 
-def rollout(model: DynaMix, batch: RolloutBatch, horizon: int, backend: str = "auto") -> np.ndarray:
-    """Return the observed dims of every trajectory for steps 1..H, shaped (H, B, N)."""
+def rollout(
+    model: DynaMix, batch: RolloutBatch, horizon: int, backend: str = "auto", paths_per_series: int | None = None
+) -> np.ndarray:
+    """Return the observed dims of every trajectory for steps 1..H, shaped (H, B, N).
+
+    ``paths_per_series`` is what "auto" compares with ``BATCHED_MIN_PATHS``: the trajectories
+    this rollout carries for each of the caller's series (default: per unit), e.g. every
+    candidate and window of in-context validation. It must not depend on the batch.
+    """
     batch.check(model.arch.N)
     work = len(batch.unit) * batch.context.shape[1]
-    chosen = select_backend(backend, model, len(batch.unit) // len(batch.context), work)
+    per_series = len(batch.unit) // len(batch.context) if paths_per_series is None else paths_per_series
+    chosen = select_backend(backend, model, per_series, work)
     # The kernels import on first use: numba loads only when a compiled kernel runs.
     if chosen == "numba":
         from .per_series import rollout_per_series
@@ -135,9 +143,12 @@ def diverged_steps(observed: np.ndarray, batch: RolloutBatch) -> np.ndarray:
 
 def _divergence_limit(batch: RolloutBatch) -> np.ndarray:
     """(B,) the bound a trajectory's state must stay within, in the model's standardized space."""
-    context = np.asarray(batch.context)
-    valid = np.arange(context.shape[1])[None, :] >= np.asarray(batch.valid_from)[:, None]  # (U, T)
-    radius = np.where(valid[:, :, None], np.abs(context), 0).max(axis=(1, 2))  # (U,) over each unit's own frames
+    context, valid_from = np.asarray(batch.context), np.asarray(batch.valid_from)
+    radius = np.empty(len(context), dtype=context.dtype)  # (U,) over each unit's own frames
+    for first in np.unique(valid_from).tolist():  # a handful of distinct first frames; no (U, T, N) temporary
+        rows = np.nonzero(valid_from == first)[0]
+        frames = context[:, first:] if len(rows) == len(context) else context[rows, first:]
+        radius[rows] = np.maximum(frames.max(axis=(1, 2)), -frames.min(axis=(1, 2)))
     return EXPLOSION_FACTOR * np.maximum(np.maximum(radius[batch.unit], np.abs(batch.x0).max(axis=1)), 1.0)
 
 

@@ -57,7 +57,8 @@ def seed_entropy(random_state) -> int:
 
 def content_key(x: np.ndarray) -> int:
     """A stable 64-bit key of an array's shape and values, the same in every process."""
-    digest = hashlib.blake2b(repr(x.shape).encode() + np.ascontiguousarray(x).tobytes(), digest_size=8)
+    digest = hashlib.blake2b(repr(x.shape).encode(), digest_size=8)
+    digest.update(np.ascontiguousarray(x).data)  # the same bytes as tobytes(), without copying them
     return int.from_bytes(digest.digest(), "little")
 
 
@@ -70,10 +71,11 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def stream_keys(entropy: int, unit_keys, n_paths: int) -> np.ndarray:
+def stream_keys(entropy: int, unit_keys, n_paths: int, first_path: int = 1) -> np.ndarray:
     """(P*U,) uint64 stream keys of ``n_paths`` paths of every unit, path-major: path p of unit u at p*U + u.
 
-    Paths count from 1 (0 is left for draws made while encoding a unit).
+    Rollout paths count from 1; path 0 is the stream of draws made while encoding a unit
+    (``encoding_integers``).
     """
     seed = np.zeros(1, dtype=np.uint64)
     remaining = int(entropy)
@@ -83,8 +85,22 @@ def stream_keys(entropy: int, unit_keys, n_paths: int) -> np.ndarray:
         if not remaining:
             break
     units = _mix64(seed ^ np.asarray(unit_keys, dtype=np.uint64))  # (U,)
-    paths = np.arange(1, n_paths + 1, dtype=np.uint64)[:, None]  # (P, 1)
+    paths = np.arange(first_path, first_path + n_paths, dtype=np.uint64)[:, None]  # (P, 1)
     return _mix64(units[None, :] + paths).reshape(-1)
+
+
+def encoding_integers(entropy: int, unit_keys, count: int, low: int, high: int) -> np.ndarray:
+    """(U, count) integers in [low, high] from each unit's path-0 stream: a function of seed and key only.
+
+    Word c of a stream is the noise's word for counter c (``standard_normals`` draws on
+    other streams), mapped to the range by a multiply and a shift.
+    """
+    keys = stream_keys(entropy, unit_keys, 1, first_path=0)
+    low_word = (keys & np.uint64(MASK32)).astype(np.uint32)[:, None]
+    high_word = (keys >> np.uint64(32)).astype(np.uint32)[:, None]
+    counter = np.arange(count, dtype=np.uint32)[None, :]
+    bits = _fmix32(_fmix32(counter * np.uint32(GOLDEN32) + low_word) ^ high_word).astype(np.uint64)
+    return low + ((bits * np.uint64(high - low + 1)) >> np.uint64(32)).astype(np.int64)
 
 
 def _fmix32(x: np.ndarray) -> np.ndarray:

@@ -185,6 +185,10 @@ def advance_in_groups(streams: np.ndarray, horizon: int, dims: int, items: int, 
     """
     groups = max(1, min(threads or torch.get_num_threads(), items))
     bounds = np.linspace(0, items, groups + 1).astype(np.int64)
+    if groups == 1:  # no pool: starting its thread costs more than a short rollout
+        for start in range(0, horizon, NOISE_CHUNK_STEPS):
+            advance(standard_normals(streams, start, min(NOISE_CHUNK_STEPS, horizon - start), dims), start, 0, items)
+        return
     with ThreadPoolExecutor(groups) as pool:
         for start in range(0, horizon, NOISE_CHUNK_STEPS):
             noise = standard_normals(streams, start, min(NOISE_CHUNK_STEPS, horizon - start), dims)  # (B, k, N)

@@ -165,6 +165,9 @@ def _left_pad(pieces, n_units: int, model_dims: int, given: np.ndarray | None):
     with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: the pipeline names the series
         for units, rows, columns, first in pieces:
             length, dims = rows.shape[1:]
+            for lost in np.unique(first[first > 0]).tolist():  # a delay embedding's first frames are undefined
+                rows[first == lost, :lost] = 0.0
+                columns[first == lost, :lost] = 0.0
             skipped = max(0, length - width)  # frames before every unit's first: never valid
             context[units, width - length + skipped :, :dims] = rows[:, skipped:]
             context[units, width - length + skipped :, dims:] = columns[:, skipped:]
@@ -179,5 +182,4 @@ def _left_pad(pieces, n_units: int, model_dims: int, given: np.ndarray | None):
             starts[units] = np.concatenate([rows[picked, frame], columns[picked, frame]], axis=1)
             if given is not None:
                 starts[units, :k] = given[units]
-    context[np.arange(width)[None, :] < valid_from[:, None]] = 0.0
     return context, valid_from, starts

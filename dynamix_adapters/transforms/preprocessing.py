@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.fft import next_fast_len
+
+from ..rollout.noise import encoding_integers
 
 EMBEDDINGS = ("pos_embedding", "delay_embedding", "delay_embedding_random", "zero_embedding")
 RANDOM_LAG_RANGE = (3, 10)
@@ -66,8 +69,11 @@ def autocorrelation(x: np.ndarray, max_lag: int) -> np.ndarray:
     """Biased sample autocorrelation of each row of x (R, T) at lags 0..max_lag (FFT based): (R, max_lag + 1)."""
     x = x - x.mean(axis=-1, keepdims=True)
     n = x.shape[-1]
-    spectrum = np.fft.rfft(x, n=2 * n, axis=-1)
-    acov = np.fft.irfft(spectrum * np.conj(spectrum), axis=-1)[..., : max_lag + 1]
+    # Zero-padded to at least 2n - 1 (no wrap-around), at a length with small prime factors only:
+    # 2n itself can hold a large prime (992 = 32 x 31) and cost a third more.
+    spectrum = np.fft.rfft(x, n=next_fast_len(2 * n - 1, real=True), axis=-1)
+    power = np.square(spectrum.real) + np.square(spectrum.imag)
+    acov = np.fft.irfft(power, n=next_fast_len(2 * n - 1, real=True), axis=-1)[..., : max_lag + 1]
     zero = acov[..., :1] <= 0
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(zero, 0.0, acov / np.where(zero, 1.0, acov[..., :1]))
@@ -132,16 +138,8 @@ def decorrelation_lag(x: np.ndarray, acf: np.ndarray | None = None) -> np.ndarra
 
 
 def random_lags(entropy: int, keys, count: int) -> np.ndarray:
-    """(U, count) lags in RANDOM_LAG_RANGE for units with content ``keys`` (U,): a function of seed and key only.
-
-    Drawn as earlier versions drew them, from a numpy Generator seeded by (seed, key, 0), so
-    ``delay_embedding_random`` forecasts stay the same: one Generator per distinct key, the one
-    per-series object left in the encoding, until the counter-based noise reserves draws for it.
-    """
-    low, high = RANDOM_LAG_RANGE
-    unique, which = np.unique(np.asarray(keys, dtype=np.uint64), return_inverse=True)
-    draws = [np.random.default_rng([entropy, key, 0]).integers(low, high + 1, size=count) for key in unique.tolist()]
-    return np.asarray(draws, dtype=np.int64).reshape(len(unique), count)[which.reshape(-1)]
+    """(U, count) lags in RANDOM_LAG_RANGE for units with content ``keys`` (U,): a function of seed and key only."""
+    return encoding_integers(entropy, np.asarray(keys, dtype=np.uint64), count, *RANDOM_LAG_RANGE)
 
 
 def embedding_columns(
