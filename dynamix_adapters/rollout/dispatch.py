@@ -37,10 +37,13 @@ from ..model import DynaMix
 from .batch import RolloutBatch
 
 BACKENDS = ("numba", "batched", "torch")
-# From this many trajectories on, the batched kernel beats the per-series one (bench_inference.py, one thread,
-# H 1,000: at context 512 batched takes 0.90x numba's time for 20 trajectories and 0.75x for 24, 1.10x for 16;
-# at context 2,000, 1.06x for 24 and 0.77x for 32). "auto" compares it with the sample paths per unit, not with
-# the batch size: the choice then never depends on the other series in a call, so a series' forecast stays
+# From this many trajectories per series on, "auto" takes the batched kernel. Alone, a series breaks even
+# about there (bench_inference.py, one thread, H 1,000: at context 512 batched takes 1.10x numba's time for 16
+# trajectories, 0.90x for 20 and 0.75x for 24; at context 2,000, 1.06x for 24 and 0.77x for 32); in a panel
+# the tiles fill and batched wins by 2x: in-context validation (18 jobs per univariate series, 16 steps) of
+# 64 series at context 512 cost 1.40-1.52 ms a series with 16 here against 1.72-1.84 with 24, and a lone
+# series the same (9-10 ms either way). "auto" compares it with the trajectories per series, not with the
+# batch size: the choice then never depends on the other series in a call, so a series' forecast stays
 # bit-identical alone, in any batch, partition or worker (the backends agree only to float32 rounding).
 BATCHED_MIN_PATHS = 16
 # A model on a GPU rolls out on the device from this many trajectories x context frames on; below, one CPU core
