@@ -38,7 +38,7 @@ from distributed import Client, LocalCluster, get_task_stream
 
 from dynamix_adapters.distributed import forecast_dask, write_forecast
 from dynamix_adapters.options import ForecastOptions
-from dynamix_adapters.panel import LongFormat, ModelSpec
+from dynamix_adapters.panel import ERROR_COLUMN, LongFormat, ModelSpec
 
 COLUMNS = LongFormat("series", "time", ("value",))
 START = np.datetime64("2024-01-01T00:00", "ns")
@@ -168,9 +168,15 @@ def time_workers(n_workers: int, source: Path, target: Path, spec: ModelSpec, ar
         peaks = client.run(peak_memory)
     split = task_seconds(stream.data)
     total = sum(split.values()) or 1.0
-    rows = pq.ParquetDataset(target).read(columns=["series"]).num_rows
-    if rows != args.series * args.horizon:
-        raise RuntimeError(f"expected {args.series * args.horizon} forecast rows, found {rows}")
+    # H rows per forecast id and one error row per id that failed (a diverged forecast, on_divergence="nan"):
+    # every id accounted for, none dropped.
+    written = pq.ParquetDataset(target).read(columns=["series", ERROR_COLUMN])
+    failed = written[ERROR_COLUMN].drop_null().to_pylist()
+    rows, forecast_ids = written.num_rows, args.series - len(failed)
+    if rows != forecast_ids * args.horizon + len(failed):
+        raise RuntimeError(f"expected {forecast_ids * args.horizon + len(failed)} rows, found {rows}")
+    if failed:
+        print(f"{len(failed)} of {args.series:,} ids failed and got an error row, e.g. {failed[0]}")
     return {
         "workers": n_workers,
         "seconds": elapsed,
