@@ -332,7 +332,8 @@ def _forecast_batch(
     dims = panel.values.shape[1]
     series, names, futures, errors = {}, {}, {}, {}
     for n in batch:
-        name = f"id {panel.ids[n]!r}"
+        ident = panel.ids[n]
+        name = f"id {(ident.item() if isinstance(ident, np.generic) else ident)!r}"  # id 7, not id np.int64(7)
         rows = panel.values[panel.offsets[n] : panel.offsets[n + 1]]
         try:
             pipeline.check_lengths([len(rows)], dims, [name])  # its message names the id
