@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import dynamix_adapters.pipeline as pipeline_module
 from dynamix_adapters.options import ForecastOptions
 from dynamix_adapters.panel import LongFormat, forecast_long
 from dynamix_adapters.pipeline import DynaMixPipeline
@@ -154,8 +155,6 @@ def test_forecast_long_on_dask_threads_sharing_one_pipeline_equals_serial(shared
 
 def test_a_panel_forecast_in_chunks_equals_one_pass(shared_pipeline, monkeypatch):
     """Chunks of a few trajectories (and mixed lengths, a wide frame split into units) change no value."""
-    import dynamix_adapters.pipeline as pipeline_module
-
     panel = [_series(k, 60 + 5 * k, dims=5) for k in range(5)]
     whole_paths = shared_pipeline.sample_paths(panel, HORIZON, n_samples=4)
     whole_point = shared_pipeline.predict(panel, HORIZON)

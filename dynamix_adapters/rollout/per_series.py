@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from functools import partial
 
@@ -185,14 +186,15 @@ def advance_in_groups(streams: np.ndarray, horizon: int, dims: int, items: int, 
     """
     groups = max(1, min(threads or torch.get_num_threads(), items))
     bounds = np.linspace(0, items, groups + 1).astype(np.int64)
-    if groups == 1:  # no pool: starting its thread costs more than a short rollout
-        for start in range(0, horizon, NOISE_CHUNK_STEPS):
-            advance(standard_normals(streams, start, min(NOISE_CHUNK_STEPS, horizon - start), dims), start, 0, items)
-        return
-    with ThreadPoolExecutor(groups) as pool:
+    # One group runs on the calling thread: starting a pool's thread costs more than a short rollout.
+    with ThreadPoolExecutor(groups) if groups > 1 else nullcontext() as pool:
         for start in range(0, horizon, NOISE_CHUNK_STEPS):
             noise = standard_normals(streams, start, min(NOISE_CHUNK_STEPS, horizon - start), dims)  # (B, k, N)
-            list(pool.map(partial(_advance_group, advance, noise, start, bounds), range(groups)))
+            run = partial(_advance_group, advance, noise, start, bounds)
+            if pool is None:
+                run(0)
+            else:
+                list(pool.map(run, range(groups)))
 
 
 def _advance_group(advance, noise, start, bounds, group) -> None:

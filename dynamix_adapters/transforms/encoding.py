@@ -165,7 +165,9 @@ def _left_pad(pieces, n_units: int, model_dims: int, given: np.ndarray | None):
     with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: the pipeline names the series
         for units, rows, columns, first in pieces:
             length, dims = rows.shape[1:]
-            for lost in np.unique(first[first > 0]).tolist():  # a delay embedding's first frames are undefined
+            # A delay embedding's first frames are undefined: zeroed in the piece's own arrays (copies made
+            # for it by the caller) before they are written.
+            for lost in np.unique(first[first > 0]).tolist():
                 rows[first == lost, :lost] = 0.0
                 columns[first == lost, :lost] = 0.0
             skipped = max(0, length - width)  # frames before every unit's first: never valid

@@ -71,9 +71,10 @@ def autocorrelation(x: np.ndarray, max_lag: int) -> np.ndarray:
     n = x.shape[-1]
     # Zero-padded to at least 2n - 1 (no wrap-around), at a length with small prime factors only:
     # 2n itself can hold a large prime (992 = 32 x 31) and cost a third more.
-    spectrum = np.fft.rfft(x, n=next_fast_len(2 * n - 1, real=True), axis=-1)
+    padded = next_fast_len(2 * n - 1, real=True)
+    spectrum = np.fft.rfft(x, n=padded, axis=-1)
     power = np.square(spectrum.real) + np.square(spectrum.imag)
-    acov = np.fft.irfft(power, n=next_fast_len(2 * n - 1, real=True), axis=-1)[..., : max_lag + 1]
+    acov = np.fft.irfft(power, n=padded, axis=-1)[..., : max_lag + 1]
     zero = acov[..., :1] <= 0
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(zero, 0.0, acov / np.where(zero, 1.0, acov[..., :1]))
