@@ -4,7 +4,7 @@ For each case (series x context x horizon, Lorenz-63 windows standardized per wi
 official weights, the same counter-based noise everywhere) it times, in wall seconds:
 
 - "cpu kernel": the fastest CPU kernel for the case, one thread: the per-series kernel for
-  fewer than ``BATCHED_MIN_PATHS`` trajectories, else the batched one;
+  fewer than ``BATCHED_MIN_TRAJECTORIES`` trajectories, else the batched one;
 - "eager": the torch rollout on the device with every step launched from Python
   (``cuda_graph=False``): ``DynaMix.step`` once per step, as the published implementation
   rolls out; it stands in for that implementation on the same GPU, which is not a dependency;
@@ -43,7 +43,7 @@ import torch  # noqa: E402
 
 from dynamix_adapters import load_model  # noqa: E402
 from dynamix_adapters.rollout import RolloutBatch, rollout, select_backend, stream_keys  # noqa: E402
-from dynamix_adapters.rollout.dispatch import BATCHED_MIN_PATHS, GPU_MIN_WORK  # noqa: E402
+from dynamix_adapters.rollout.dispatch import BATCHED_MIN_TRAJECTORIES, GPU_MIN_WORK  # noqa: E402
 from dynamix_adapters.rollout.torch_rollout import rollout_torch  # noqa: E402
 
 SHARED = Path(os.environ.get("DYNAMIX_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
@@ -113,7 +113,7 @@ def measure_case(cpu_model, device_model, device: str, series: int, context: int
     batch = lorenz_batch(series, context)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    cpu_backend = "batched" if series >= BATCHED_MIN_PATHS else "numba"
+    cpu_backend = "batched" if series >= BATCHED_MIN_TRAJECTORIES else "numba"
     cpu_s, cpu_forecast = timed(lambda: rollout(cpu_model, batch, horizon, cpu_backend), "cpu")
     eager_s, _ = timed(lambda: rollout_torch(device_model, batch, horizon, cuda_graph=False), device)
     graph_s, device_forecast = timed(lambda: rollout_torch(device_model, batch, horizon), device)
@@ -139,7 +139,7 @@ def crossover(cpu_model, device_model, device: str, sizes: tuple) -> list[dict]:
     rows = []
     for series in counts:
         batch = lorenz_batch(series, context)
-        cpu_backend = "batched" if series >= BATCHED_MIN_PATHS else "numba"
+        cpu_backend = "batched" if series >= BATCHED_MIN_TRAJECTORIES else "numba"
         cpu_s, _ = timed(lambda b=batch, k=cpu_backend: rollout(cpu_model, b, horizon, k), "cpu")
         graph_s, _ = timed(lambda b=batch: rollout_torch(device_model, b, horizon), device)
         rows.append({"series": series, "work": series * context, "cpu_kernel_s": cpu_s, "graph_s": graph_s})

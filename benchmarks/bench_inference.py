@@ -48,7 +48,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dynamix_adapters import rollout  # noqa: E402
-from dynamix_adapters.rollout.dispatch import BATCHED_MIN_PATHS  # noqa: E402
+from dynamix_adapters.rollout.dispatch import BATCHED_MIN_TRAJECTORIES  # noqa: E402
 
 SHARED = Path(os.environ.get("DYNAMIX_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 AGREEMENT_STEPS = 100
@@ -272,7 +272,7 @@ def crossover(model, series: np.ndarray, repeats: int) -> None:
                 first = batch
             print(f"{length:>8}{batch:>8}{numba_cpu:>10.3f}{batched_cpu:>11.3f}{batched_cpu / numba_cpu:>17.2f}")
         print(f"context {length}: batched is faster from {first} series on")
-    print(f"dispatch.BATCHED_MIN_PATHS = {BATCHED_MIN_PATHS} (compared with the sample paths per series)")
+    print(f"dispatch.BATCHED_MIN_TRAJECTORIES = {BATCHED_MIN_TRAJECTORIES} (compared with the trajectories of a call)")
 
 
 def cold_start(model_name: str) -> None:

@@ -8,9 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynamix_adapters.rollout import RolloutBatch, stream_keys
-from dynamix_adapters.rollout.batched import LANES, _advance_tiles, _exp_below_zero, _gather_states, rollout_batched
+from dynamix_adapters.rollout.arithmetic import exp_below_zero
+from dynamix_adapters.rollout.batched import (
+    LANES,
+    _advance_tiles,
+    _gather_states,
+    matches_per_series,
+    rollout_batched,
+)
 from dynamix_adapters.rollout.noise import standard_normals
-from dynamix_adapters.rollout.per_series import PackedContext, Weights
+from dynamix_adapters.rollout.per_series import PackedContext, Weights, rollout_per_series
 
 from .conftest import make_tiny_model
 
@@ -21,6 +28,12 @@ def run_batched(model, context, valid_from, x0, unit, horizon, streams, threads=
     labels = tuple(f"unit {u}" for u in range(len(context)))
     batch = RolloutBatch(context, np.asarray(valid_from), x0, np.asarray(unit), streams, labels)
     return rollout_batched(model, batch, horizon, threads)
+
+
+def run_per_series(model, context, valid_from, x0, unit, horizon, streams):
+    labels = tuple(f"unit {u}" for u in range(len(context)))
+    batch = RolloutBatch(context, np.asarray(valid_from), x0, np.asarray(unit), streams, labels)
+    return rollout_per_series(model, batch, horizon)
 
 
 def streams(*seeds):
@@ -65,8 +78,8 @@ def batched_step(model, context, valid_from, unit, states, noise) -> np.ndarray:
     out = np.empty((1, batch, n), dtype=np.float32)
     _advance_tiles(
         lane_state, noise[:, None, :].copy(), out, 0, 0, len(lane_state), unit.astype(np.int64), *packed.arrays(),
-        weights.D, weights.sigma, weights.tau1, weights.W1, weights.b1, weights.W2, weights.b2, weights.tau2,
-        weights.A, np.ascontiguousarray(weights.W_columns.T), weights.h, weights.relu_from,
+        weights.read_z(), weights.sigma, weights.neg_inv_tau1, weights.W1, weights.b1, weights.W2, weights.b2,
+        weights.neg_inv_tau2, weights.A, np.ascontiguousarray(weights.W_columns.T), weights.h, weights.relu_from,
     )  # fmt: skip
     return lane_state.transpose(0, 2, 1).reshape(-1, model.arch.M)[:batch]
 
@@ -116,6 +129,41 @@ def test_matches_torch_with_padding_and_samples(sizes):
     assert_matches_reference(fast, torch_rollout(model, context, valid_from, x0, unit, STEPS, range(7)))
 
 
+@pytest.mark.parametrize("sizes", [{"N": 3, "J": 10, "M": 30}, {"N": 3, "J": 2, "M": 8}, {"N": 5, "J": 4, "M": 16}])
+def test_this_machines_blas_sums_the_tile_products_as_the_per_series_kernel(sizes):
+    assert matches_per_series(sizes["N"], sizes["J"], sizes["M"])
+
+
+def test_bit_identical_to_the_per_series_kernel_on_official_weights(official_model, shared_series):
+    """Contexts of 2,000, 1,028 and 512 frames, left-padded in one batch; several paths per series; 300 steps."""
+    context, valid_from = published_contexts(shared_series)
+    unit = np.array([0, 1, 2, 0, 1, 2, 2, 1])
+    x0, keys = context[unit, -1], streams(*range(len(unit)))
+    batched = run_batched(official_model, context, valid_from, x0, unit, 300, keys)
+    np.testing.assert_array_equal(batched, run_per_series(official_model, context, valid_from, x0, unit, 300, keys))
+
+
+TINY_SIZES = [
+    {},
+    {"M": 12, "N": 2, "J": 3, "P": 2},
+    {"M": 12, "N": 4, "J": 3, "P": 2},
+    {"M": 16, "N": 7, "J": 4, "P": 3},
+]
+
+
+@pytest.mark.parametrize("sizes", TINY_SIZES)
+def test_bit_identical_to_the_per_series_kernel_with_padding_samples_and_divergence(sizes):
+    model = make_tiny_model(seed=5, **sizes)
+    rng = np.random.default_rng(0)
+    n = model.arch.N
+    context, valid_from = left_padded([rng.normal(size=(length, n)).cumsum(0) for length in (120, 3, 60, 33, 64)])
+    unit = np.array([0, 1, 2, 2, 0, 1, 2, 3, 4, 4])
+    x0 = context[unit, -1] * rng.uniform(0.5, 30, size=(len(unit), 1)).astype(np.float32)  # some diverge
+    keys = streams(*range(len(unit)))
+    batched = run_batched(model, context, valid_from, x0, unit, STEPS, keys)
+    np.testing.assert_array_equal(batched, run_per_series(model, context, valid_from, x0, unit, STEPS, keys))
+
+
 @settings(max_examples=12, deadline=None)
 @given(
     seed=st.integers(0, 2**16),
@@ -138,6 +186,7 @@ def test_property_one_step_and_short_rollout_match_torch(seed, lengths, batch, s
         np.testing.assert_allclose(step, states[t + 1], rtol=0, atol=2e-6 * np.abs(states[t + 1]).max())
     fast = run_batched(model, context, valid_from, x0, unit, 20, streams(*seeds))
     assert_matches_reference(fast, states[1:, :, :3])
+    np.testing.assert_array_equal(fast, run_per_series(model, context, valid_from, x0, unit, 20, streams(*seeds)))
 
 
 def test_a_trajectory_is_bit_identical_alone_and_in_any_batch(official_model, shared_series):
@@ -199,7 +248,7 @@ def test_a_non_finite_state_turns_nan_in_its_own_lane_only_as_in_torch(official_
 def exp_of_each(x):
     out = np.empty_like(x)
     for i in range(len(x)):
-        out[i] = _exp_below_zero(x[i])
+        out[i] = exp_below_zero(x[i])
     return out
 
 

@@ -3,6 +3,8 @@ import pytest
 import torch
 
 from dynamix_adapters import forecast
+from dynamix_adapters.rollout import select_backend
+from dynamix_adapters.rollout.dispatch import BATCHED_MIN_TRAJECTORIES
 from dynamix_adapters.transforms.preprocessing import EMBEDDINGS, dominant_period, min_context_length
 
 
@@ -36,6 +38,16 @@ def test_batched_series_get_their_single_forecasts(official_model, shared_series
     batched = forecast(official_model, np.stack([x[i * 50 : i * 50 + 300] for i in range(3)], 1), 30, random_state=4)
     for i in range(3):
         np.testing.assert_allclose(batched[:, i], alone[i], rtol=1e-4, atol=1e-4)
+
+
+def test_a_panels_point_forecasts_run_batched_and_equal_each_series_alone_bit_for_bit(official_model, shared_series):
+    """20 one-path forecasts take the batched kernel, a lone one the per-series kernel: the same numbers."""
+    x = shared_series("lorenz63")
+    windows = [x[i * 97 : i * 97 + 300 + 7 * i] for i in range(BATCHED_MIN_TRAJECTORIES + 4)]
+    assert select_backend("auto", official_model, trajectories=len(windows)) == "batched"
+    panel = forecast(official_model, windows, 200, random_state=4)
+    for i in (0, 7, len(windows) - 1):
+        np.testing.assert_array_equal(panel[:, i], forecast(official_model, windows[i], 200, random_state=4))
 
 
 def test_unequal_lengths_match_single_forecasts(tiny_model):

@@ -18,7 +18,7 @@ starts, so its frames stay in cache: at context 512 its keys, encodings and scor
 per step for 1,024 series at context 2,000).
 
 A tile costs the same whatever number of its lanes are real, so few trajectories run
-faster one by one in ``per_series`` (``dispatch.BATCHED_MIN_PATHS``).
+faster one by one in ``per_series`` (``dispatch.BATCHED_MIN_TRAJECTORIES``).
 
 Within this backend a trajectory's forecast is bit for bit the same alone or in any
 batch, at any lane, with any tile partners and any thread split: every operation is
@@ -27,18 +27,19 @@ of a product is the same K-ordered sum whatever the other columns are; the tests
 positions and batch sizes); a partial tile is filled with copies of its first
 trajectory, so every tile runs the same code; each lane's frames are left-aligned and
 the frames past its own context are padding with key +inf, which gives them weight
-exactly 0 (adding 0 to a sum leaves it unchanged); and the compiler may not reassociate
-sums (no "reassoc" flag), so no summation order depends on a trip count. Noise comes
-from each trajectory's own stream key (``noise.standard_normals``), as in every backend.
+exactly 0 (adding 0 to a sum leaves it unchanged); and the compiler may only contract
+multiply-adds (``arithmetic.FASTMATH``), so no summation order depends on a trip count.
+It is also bit for bit the per-series kernel's forecast (``arithmetic``; checked for
+this machine's BLAS by ``matches_per_series``). Noise comes from each trajectory's own
+stream key (``noise.standard_normals``), as in every backend.
 
-Across backends ("numba", "torch", this one) the same noise drives the same recurrence,
-agreeing to float32 rounding per step (tested: one step from identical states lands
-within 2e-6 of the state's magnitude), not bit for bit: summation orders differ, the
-attention sums run in float32 blocks of ``SUM_BLOCK`` frames added in float64 (numba:
-float64 throughout; torch: float32), and weights below exp(-60) count as zero (numba:
-exp(-87); torch: none). Chaotic systems amplify those roundings, so long rollouts of two
-backends part as any two float32 computations do. Non-finite states propagate as
-NaN/inf, as in torch, where divergence detection relies on it.
+Against "torch" the same noise drives the same recurrence, agreeing to float32 rounding
+per step (tested: one step from identical states lands within 2e-6 of the state's
+magnitude), not bit for bit: summation orders differ, the attention sums run in float32
+partial sums added in float64 (torch: float32), and weights below exp(-60) count as zero
+(torch: none). Chaotic systems amplify those roundings, so long rollouts of the two part
+as any two float32 computations do. Non-finite states propagate as NaN/inf, as in torch,
+where divergence detection relies on it.
 
 >>> import numpy as np
 >>> from dynamix_adapters.model import Architecture, DynaMix
@@ -52,47 +53,18 @@ NaN/inf, as in torch, where divergence detection relies on it.
 
 from __future__ import annotations
 
-import math
+import functools
 
-import numba
 import numpy as np
-from numba.core import types
-from numba.extending import intrinsic
 
 from ..model import DynaMix
+from .arithmetic import SUM_BLOCK, compile_kernel, exp_below_zero
 from .batch import RolloutBatch
-from .per_series import LOG2_E, PackedContext, Weights, _initial_states, advance_in_groups
+from .per_series import PackedContext, Weights, _initial_states, _sweep, advance_in_groups
 
 # Trajectories per tile: rows long enough to amortize entering each lane loop (32 lanes measured 1.1-1.2x slower
 # per trajectory at context 512 and 2,000; 128 no faster at 512), a tile's frames at context 512 within L2.
 LANES = 64
-# Frames per float32 partial sum of the attention, before it is added in float64.
-SUM_BLOCK = 32
-# Attention weights exp(x) with x < -60 count as zero. T of them change the attention by less than T * 1e-26
-# relative, far below float32 resolution; and weights times encodings stay clear of float32 subnormals, whose
-# arithmetic is two orders of magnitude slower (the numba backend's cutoff, -87, gave many on Lorenz-63).
-NEGLIGIBLE_EXPONENT = np.float32(-60.0)
-# ln 2 in two parts (Cody-Waite): o * LN2_HIGH is exact for integers |o| < 2**15, so x - o ln 2 keeps float32
-# accuracy at any x, with or without fused multiply-adds.
-LN2_HIGH = np.float32(0.693359375)
-LN2_LOW = np.float32(math.log(2) - 0.693359375)
-# 1.5 * 2**23: (x + ROUNDER) - ROUNDER rounds float32 x to the nearest integer.
-ROUNDER = np.float32(12582912.0)
-# No "reassoc": a reassociated reduction could depend on its trip count, and so on the tile's longest context.
-FASTMATH = {"nsz", "arcp", "contract"}
-
-
-def _compile(func, **extra):
-    options = {"nogil": True, "fastmath": FASTMATH, "error_model": "numpy", **extra}
-    try:
-        return numba.njit(cache=True, **options)(func)
-    except RuntimeError:  # numba found no writable cache directory
-        return numba.njit(**options)(func)
-
-
-def _compile_inline(func):
-    """Inlined into its callers by numba itself, so that the loops calling it vectorize."""
-    return _compile(func, inline="always")
 
 
 def rollout_batched(model: DynaMix, batch: RolloutBatch, horizon: int, threads: int | None = None) -> np.ndarray:
@@ -108,6 +80,8 @@ def rollout_batched(model: DynaMix, batch: RolloutBatch, horizon: int, threads: 
     trajectories, n, m = len(unit), model.arch.N, model.arch.M
     # Rows of every expert's W back to back, so that W_j phi for all j is one (J*M, M) x (M, L) product.
     w_rows = np.ascontiguousarray(weights.W_columns.T)  # (J*M, M)
+    # The query and the gating MLP's z part are one product: [D; W1_z] (N + J, M) x z (M, L).
+    read_z = weights.read_z()
     out = np.empty((horizon, trajectories, n), dtype=np.float32)
     tiles = -(-trajectories // LANES)
     lane_state = np.empty((tiles, m, LANES), dtype=np.float32)  # (tiles, M, L): latent state, lanes last
@@ -116,8 +90,8 @@ def rollout_batched(model: DynaMix, batch: RolloutBatch, horizon: int, threads: 
     def advance(noise, start, first, stop):
         _advance_tiles(
             lane_state, noise, out, start, first, stop, unit, *packed.arrays(),
-            weights.D, weights.sigma, weights.tau1, weights.W1, weights.b1, weights.W2, weights.b2, weights.tau2,
-            weights.A, w_rows, weights.h, weights.relu_from,
+            read_z, weights.sigma, weights.neg_inv_tau1, weights.W1, weights.b1, weights.W2, weights.b2,
+            weights.neg_inv_tau2, weights.A, w_rows, weights.h, weights.relu_from,
         )  # fmt: skip
 
     advance_in_groups(batch.streams, horizon, n, tiles, threads, advance)
@@ -132,13 +106,13 @@ def _gather_states(state: np.ndarray, lane_state: np.ndarray) -> None:
         lane_state[tile] = state[np.where(rows < batch, rows, tile * LANES)].T
 
 
-@_compile
+@compile_kernel
 def _advance_tiles(
     lane_state, noise, out, out_start, tile_start, tile_stop, unit, keys, encodings, offsets,
-    D, sigma, tau1, W1, b1, W2, b2, tau2, A, W_rows, h, relu_from,
+    read_z, sigma, neg_inv_tau1, W1, b1, W2, b2, neg_inv_tau2, A, W_rows, h, relu_from,
 ):  # fmt: skip
     """Advance tiles tile_start..tile_stop-1 through one noise block (B, k, N), writing out[out_start:]."""
-    n_obs = D.shape[0]
+    n_obs = sigma.shape[0]
     lanes = lane_state.shape[2]
     batch, steps = noise.shape[0], noise.shape[1]
     longest = 0
@@ -150,8 +124,6 @@ def _advance_tiles(
     tile_encodings = np.zeros((dims, padded, lanes), dtype=np.float32)
     scores = np.empty((padded, lanes), dtype=np.float32)  # (T, L)
     tile_noise = np.empty((steps, n_obs, lanes), dtype=np.float32)  # (k, N, L)
-    # The query and the gating MLP's z part are one product: [D; W1_z] (N + J, M) x z (M, L).
-    read_z = np.ascontiguousarray(np.concatenate((D, W1[:, n_obs:])))
     for tile in range(tile_start, tile_stop):
         first = tile * LANES
         frames = 0
@@ -175,15 +147,18 @@ def _advance_tiles(
         for t in range(steps):
             _step(
                 z, tile_noise[t], tile_keys, tile_encodings, scores, frames,
-                read_z, sigma, tau1, W1, b1, W2, b2, tau2, A, W_rows, h, relu_from,
+                read_z, sigma, neg_inv_tau1, W1, b1, W2, b2, neg_inv_tau2, A, W_rows, h, relu_from,
             )  # fmt: skip
             for lane in range(min(lanes, batch - first)):
                 for i in range(n_obs):
                     out[out_start + t, first + lane, i] = z[i, lane]
 
 
-@_compile
-def _step(z, eps, keys, encodings, scores, frames, read_z, sigma, tau1, W1, b1, W2, b2, tau2, A, W_rows, h, relu_from):
+@compile_kernel
+def _step(
+    z, eps, keys, encodings, scores, frames, read_z, sigma, neg_inv_tau1, W1, b1, W2, b2, neg_inv_tau2, A, W_rows, h,
+    relu_from,
+):  # fmt: skip
     """One step of the tile: z (M, L) <- DynaMix.step(z), with eps (N, L), keys/encodings (N', T, L), scores (T, L).
 
     Lane loops read their trip count from the arrays: a constant count gets unrolled to scalar code.
@@ -202,7 +177,7 @@ def _step(z, eps, keys, encodings, scores, frames, read_z, sigma, tau1, W1, b1, 
     for i in range(n_obs):
         for lane in range(lanes):
             query[i, lane] = query[i, lane] if finite[lane] else np.float32(0.0)
-    embedding = _attend(query, keys, encodings, scores, frames, tau1)  # (N', L)
+    embedding = _attend(query, keys, encodings, scores, frames, neg_inv_tau1)  # (N', L)
     hidden = products[n_obs:]  # (J, L): W1_z z, then + b1 + W1_g g
     for j in range(j_count):
         c = b1[j]
@@ -214,7 +189,7 @@ def _step(z, eps, keys, encodings, scores, frames, read_z, sigma, tau1, W1, b1, 
                 hidden[j, lane] += w * embedding[i, lane]
         for lane in range(lanes):
             hidden[j, lane] = np.float32(0.0) if hidden[j, lane] < 0 else hidden[j, lane]  # NaN passes, as torch
-    gate = _softmax_gate(np.dot(W2, hidden), b2, tau2, finite)  # (J, L)
+    gate = _softmax_gate(np.dot(W2, hidden), b2, neg_inv_tau2, finite)  # (J, L)
     phi = z.copy()
     for k in range(relu_from, m):
         for lane in range(lanes):
@@ -231,49 +206,15 @@ def _step(z, eps, keys, encodings, scores, frames, read_z, sigma, tau1, W1, b1, 
             z[k, lane] = mixed[k, lane] if finite[lane] else np.float32(np.nan)
 
 
-@intrinsic
-def _float32_from_bits(typingctx, bits):
-    """The float32 whose bit pattern is the int32 ``bits`` (a register move; a view through memory stops SIMD)."""
-    signature = types.float32(types.int32)
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float32))
-
-    return signature, codegen
-
-
-@_compile_inline
-def _exp_below_zero(x):
-    """exp(x) for x <= 0 (NaN counts as far below), branch-free so that loops calling it vectorize.
-
-    exp(x) = 2**o * exp(r) with x = o ln 2 + r, |r| <= ln(2) / 2 (o by the round-to-nearest float trick,
-    which vectorizes where floor does not), exp(r) by a degree-5 polynomial: within 3e-7 relative of exp(x)
-    on [-60, 0] with float32 rounding (tested); exp(x) = 0 below ``NEGLIGIBLE_EXPONENT``.
-    """
-    kept = x >= NEGLIGIBLE_EXPONENT
-    v = x if kept else NEGLIGIBLE_EXPONENT
-    octaves = (v * LOG2_E + ROUNDER) - ROUNDER  # no "reassoc": the rounding is not folded away
-    r = (v - octaves * LN2_HIGH) - octaves * LN2_LOW
-    p = np.float32(0.008298712782561779)  # a degree-5 polynomial fitted to minimize the largest relative error
-    p = p * r + np.float32(0.041915446519851685)
-    p = p * r + np.float32(0.1666755974292755)
-    p = p * r + np.float32(0.49998894333839417)
-    p = p * r + np.float32(0.9999997019767761)
-    p = p * r + np.float32(1.0000001192092896)
-    # 2**octaves from its float32 bit pattern (octaves + 127) * 2**23, exact in float32 for octaves in [-126, 0]
-    scale = _float32_from_bits(np.int32((octaves + np.float32(127.0)) * np.float32(8388608.0)))
-    return (p if kept else np.float32(0.0)) * scale
-
-
-@_compile
-def _attend(query, keys, encodings, scores, frames, tau1):
+@compile_kernel
+def _attend(query, keys, encodings, scores, frames, neg_inv_tau1):
     """embedding (N', L) = sum_k a_k e_k, a = softmax_k(-|c_k - query|_1 / tau1), over frames of keys (N', T, L).
 
     Every loop body handles three dims of a frame for all L lanes at once: with one short loop per dim,
     entering the loops would cost more than the arithmetic in them. Two passes, as in ``per_series``: scores
-    (T, L) and each lane's maximum, then the weights (written over the scores) and the sums, in float32
-    within blocks of ``SUM_BLOCK`` frames and in float64 across blocks: float32 throughput, and the error of
-    a 32-term float32 sum rather than of a 2,000-term one.
+    (T, L) and each lane's maximum, then the weights (written over the scores) and the sums: frame k into
+    float32 partial sum k mod ``SUM_BLOCK``, the partial sums added in float64 in order (float32
+    throughput, and the error of a T/32-term float32 sum rather than of a T-term one).
     """
     lanes = query.shape[1]
     last = keys.shape[0] - 3
@@ -289,31 +230,39 @@ def _attend(query, keys, encodings, scores, frames, tau1):
                 if g > 0:
                     distance += scores[k, lane]
                 if g == last:
-                    distance = -distance / tau1
+                    distance = distance * neg_inv_tau1
                     best[lane] = distance if distance > best[lane] else best[lane]
                 scores[k, lane] = distance
-    sums = np.zeros((last + 4, lanes), dtype=np.float64)  # weighted encodings (N'), then the total weight
-    partial = np.empty((last + 4, lanes), dtype=np.float32)
+    # Frame k goes to float32 partial sum k mod SUM_BLOCK; the partial sums are added in float64 in order.
+    partial = np.zeros((last + 4, SUM_BLOCK, lanes), dtype=np.float32)  # weighted encodings (N'), total weight
     for block in range(0, frames, SUM_BLOCK):
-        partial[:] = 0.0
-        for k in range(block, block + SUM_BLOCK):
+        for slot in range(SUM_BLOCK):
+            k = block + slot
+            # Row views: the lane loops index from 0, so numba adds no negative-index checks and they vectorize.
+            frame_scores, total = scores[k], partial[last + 3, slot]
+            sum0, sum1, sum2 = partial[0, slot], partial[1, slot], partial[2, slot]
+            e0, e1, e2 = encodings[0, k], encodings[1, k], encodings[2, k]
             for lane in range(lanes):
-                weight = _exp_below_zero(scores[k, lane] - best[lane])
+                weight = exp_below_zero(frame_scores[lane] - best[lane])
                 if last > 0:  # dims past the first three read the weights back
-                    scores[k, lane] = weight
-                partial[0, lane] += weight * encodings[0, k, lane]
-                partial[1, lane] += weight * encodings[1, k, lane]
-                partial[2, lane] += weight * encodings[2, k, lane]
-                partial[last + 3, lane] += weight
+                    frame_scores[lane] = weight
+                sum0[lane] += weight * e0[lane]
+                sum1[lane] += weight * e1[lane]
+                sum2[lane] += weight * e2[lane]
+                total[lane] += weight
             for g in range(3, last + 3, 3):
+                sum0, sum1, sum2 = partial[g, slot], partial[g + 1, slot], partial[g + 2, slot]
+                e0, e1, e2 = encodings[g, k], encodings[g + 1, k], encodings[g + 2, k]
                 for lane in range(lanes):
-                    weight = scores[k, lane]
-                    partial[g, lane] += weight * encodings[g, k, lane]
-                    partial[g + 1, lane] += weight * encodings[g + 1, k, lane]
-                    partial[g + 2, lane] += weight * encodings[g + 2, k, lane]
+                    weight = frame_scores[lane]
+                    sum0[lane] += weight * e0[lane]
+                    sum1[lane] += weight * e1[lane]
+                    sum2[lane] += weight * e2[lane]
+    sums = np.zeros((last + 4, lanes), dtype=np.float64)
+    for slot in range(SUM_BLOCK):
         for i in range(last + 4):
             for lane in range(lanes):
-                sums[i, lane] += partial[i, lane]
+                sums[i, lane] += partial[i, slot, lane]
     embedding = np.empty((last + 3, lanes), dtype=np.float32)
     for i in range(last + 3):
         for lane in range(lanes):
@@ -321,15 +270,15 @@ def _attend(query, keys, encodings, scores, frames, tau1):
     return embedding
 
 
-@_compile
-def _softmax_gate(logits, b2, tau2, finite):
-    """gate (J, L) = softmax_j(-(logits + b2) / tau2); a NaN logit (or inf - inf) clears ``finite``, as torch."""
+@compile_kernel
+def _softmax_gate(logits, b2, neg_inv_tau2, finite):
+    """gate (J, L) = softmax_j((logits + b2) * -1/tau2); a NaN logit (or inf - inf) clears ``finite``, as torch."""
     j_count, lanes = logits.shape
     top = np.full(lanes, -np.inf, dtype=np.float32)
     for j in range(j_count):
         c = b2[j]
         for lane in range(lanes):
-            logits[j, lane] = -(logits[j, lane] + c) / tau2
+            logits[j, lane] = (logits[j, lane] + c) * neg_inv_tau2
             top[lane] = logits[j, lane] if logits[j, lane] > top[lane] else top[lane]
     norm = np.zeros(lanes, dtype=np.float32)
     for j in range(j_count):
@@ -339,9 +288,39 @@ def _softmax_gate(logits, b2, tau2, finite):
     gate = logits
     for j in range(j_count):
         for lane in range(lanes):
-            gate[j, lane] = _exp_below_zero(gate[j, lane])
+            gate[j, lane] = exp_below_zero(gate[j, lane])
             norm[lane] += gate[j, lane]
     for j in range(j_count):
         for lane in range(lanes):
             gate[j, lane] /= norm[lane]
     return gate
+
+
+@functools.cache
+def matches_per_series(n_obs: int, j_count: int, m: int) -> bool:
+    """Whether this machine's BLAS computes the tile's products as ``per_series`` does, for a model of these sizes.
+
+    The batched step's products ([D; W1_z] z, W2 h, W_j phi) go through BLAS; the
+    per-series kernel computes each output as a fused multiply-add chain in ascending
+    order (``per_series._sweep``), which is what common BLAS kernels do for each column
+    of a product. Checked once per process and size on random inputs: where it fails,
+    the kernels agree only to float32 rounding, and "auto" keeps few-path forecasts on the
+    per-series kernel whatever the batch (``dispatch.select_backend``).
+    """
+    rng = np.random.default_rng(0)
+    for rows, inner in ((n_obs + j_count, m), (j_count, j_count), (j_count * m, m)):
+        matrix = rng.standard_normal((rows, inner)).astype(np.float32)
+        tile = rng.standard_normal((inner, LANES)).astype(np.float32)
+        product = _tile_product(matrix, tile)
+        columns, swept = np.ascontiguousarray(matrix.T), np.empty(rows, dtype=np.float32)
+        for lane in range(LANES):
+            _sweep(columns, np.ascontiguousarray(tile[:, lane]), swept)
+            if not np.array_equal(swept, product[:, lane]):
+                return False
+    return True
+
+
+@compile_kernel
+def _tile_product(matrix, tile):
+    """The product as ``_step`` computes it (numba's BLAS binding)."""
+    return np.dot(matrix, tile)

@@ -2,21 +2,24 @@
 
 Three backends compute the same recurrence: "numba" (``per_series``, one trajectory
 at a time, compiled), "batched" (``batched``, 64 trajectories side by side, compiled;
-the faster one from ``BATCHED_MIN_PATHS`` trajectories per unit on) and "torch"
+the faster one from ``BATCHED_MIN_TRAJECTORIES`` trajectories on) and "torch"
 (``torch_rollout``: ``DynaMix.step`` once per step, the reference on a CPU; on a GPU
 the whole rollout stays on the device, replayed as one CUDA graph). All draw their
 gating noise from the same counter-based generator (``noise``).
 
-"auto" picks, for a model on the CPU, "batched" from ``BATCHED_MIN_PATHS`` sample
-paths per unit, else "numba": the choice never depends on the other series in a call,
-so a series' forecast is bit for bit the same alone, in any batch, partition or worker
-(within a kernel it is; across kernels only to float32 rounding). Point forecasts of
-many series therefore stay on the per-series kernel unless ``backend="batched"`` is
-asked for. For a model on a GPU, "torch" once the rollout holds at least
-``GPU_MIN_WORK`` trajectory-frames, else the CPU kernels (a small rollout runs faster
-on one CPU core than the GPU launches a step takes): there the batch decides, and a
-series agrees alone and in a large batch to float32 rounding. Torch where numba does
-not import.
+The two compiled kernels compute every step with the same operations in the same
+order (``arithmetic``), so a trajectory comes out bit for bit the same on either.
+"auto" therefore picks, for a model on the CPU, "batched" for any call of at least
+``BATCHED_MIN_TRAJECTORIES`` trajectories (the point forecasts of a panel as much as
+sample paths), else "numba", and a series' forecast is still the same alone, in any
+batch, partition or worker. Where this machine's BLAS sums the batched kernel's
+products in another order (``batched.matches_per_series``, checked once), the kernels
+agree only to float32 rounding, and "auto" compares the threshold with the trajectories
+per series instead, which never depend on the batch. For a model on a GPU, "torch" once
+the rollout holds at least ``GPU_MIN_WORK`` trajectory-frames, else the CPU kernels (a
+small rollout runs faster on one CPU core than the GPU launches a step takes): there the
+batch decides, and a series agrees alone and in a large batch to float32 rounding. Torch
+where numba does not import.
 
 >>> import numpy as np
 >>> from dynamix_adapters.model import Architecture, DynaMix
@@ -37,15 +40,13 @@ from ..model import DynaMix
 from .batch import RolloutBatch
 
 BACKENDS = ("numba", "batched", "torch")
-# From this many trajectories per series on, "auto" takes the batched kernel. Alone, a series breaks even
-# about there (bench_inference.py, one thread, H 1,000: at context 512 batched takes 1.10x numba's time for 16
+# From this many trajectories on, "auto" takes the batched kernel. Alone, a series breaks even about there
+# (bench_inference.py, one thread, H 1,000: at context 512 batched takes 1.10x numba's time for 16
 # trajectories, 0.90x for 20 and 0.75x for 24; at context 2,000, 1.06x for 24 and 0.77x for 32); in a panel
 # the tiles fill and batched wins by 2x: in-context validation (18 jobs per univariate series, 16 steps) of
 # 64 series at context 512 cost 1.40-1.52 ms a series with 16 here against 1.72-1.84 with 24, and a lone
-# series the same (9-10 ms either way). "auto" compares it with the trajectories per series, not with the
-# batch size: the choice then never depends on the other series in a call, so a series' forecast stays
-# bit-identical alone, in any batch, partition or worker (the backends agree only to float32 rounding).
-BATCHED_MIN_PATHS = 16
+# series the same (9-10 ms either way).
+BATCHED_MIN_TRAJECTORIES = 16
 # A model on a GPU rolls out on the device from this many trajectories x context frames on; below, one CPU core
 # is faster than the ~10 kernel launches a step takes there (issue 21, on an H200: a single series at context
 # 2,000 ran 0.09 s on the numba kernel and 4.5 s step by step on the GPU; 256 series at context 512 ran 0.58 s
@@ -82,8 +83,8 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def select_backend(backend: str, model: DynaMix, paths_per_unit: int = 1, work: int = 0) -> str:
-    """The backend a rollout uses; ``work`` is its trajectories times context frames (for a model on a GPU)."""
+def select_backend(backend: str, model: DynaMix, paths_per_unit: int = 1, work: int = 0, trajectories: int = 0) -> str:
+    """The backend a rollout of ``trajectories`` uses; ``work`` is trajectories times context frames (for a GPU)."""
     if check_backend(backend) != "auto":
         return backend
     problem = numba_import_error()
@@ -92,7 +93,18 @@ def select_backend(backend: str, model: DynaMix, paths_per_unit: int = 1, work: 
         return "torch"
     if model.device.type != "cpu" and work >= GPU_MIN_WORK:
         return "torch"
-    return "batched" if paths_per_unit >= BATCHED_MIN_PATHS else "numba"
+    if paths_per_unit >= BATCHED_MIN_TRAJECTORIES:
+        return "batched"
+    if trajectories >= BATCHED_MIN_TRAJECTORIES and compiled_kernels_match(model):
+        return "batched"
+    return "numba"
+
+
+def compiled_kernels_match(model: DynaMix) -> bool:
+    """Whether "numba" and "batched" give bit-identical rollouts of this model on this machine."""
+    from .batched import matches_per_series  # imports numba: only where a compiled kernel is about to run
+
+    return matches_per_series(model.arch.N, model.arch.J, model.arch.M)
 
 
 @functools.cache
@@ -110,14 +122,15 @@ def rollout(
 ) -> np.ndarray:
     """Return the observed dims of every trajectory for steps 1..H, shaped (H, B, N).
 
-    ``paths_per_series`` is what "auto" compares with ``BATCHED_MIN_PATHS``: the trajectories
-    this rollout carries for each of the caller's series (default: per unit), e.g. every
-    candidate and window of in-context validation. It must not depend on the batch.
+    ``paths_per_series``: the trajectories this rollout carries for each of the caller's
+    series (default: per unit), e.g. every candidate and window of in-context validation;
+    "auto" compares it with ``BATCHED_MIN_TRAJECTORIES`` where the compiled kernels do not
+    match bit for bit (``select_backend``). It must not depend on the batch.
     """
     batch.check(model.arch.N)
     work = len(batch.unit) * batch.context.shape[1]
     per_series = len(batch.unit) // len(batch.context) if paths_per_series is None else paths_per_series
-    chosen = select_backend(backend, model, per_series, work)
+    chosen = select_backend(backend, model, per_series, work, len(batch.unit))
     # The kernels import on first use: numba loads only when a compiled kernel runs.
     if chosen == "numba":
         from .per_series import rollout_per_series

@@ -1,17 +1,18 @@
-"""Compiled CPU rollout: the recurrence of ``DynaMix.step`` in numba, with no Python per step.
+"""Compiled CPU rollout: the recurrence of ``DynaMix.step`` in numba, one trajectory at a time.
 
 Everything that depends only on a unit's context is prepared once: its valid key
-frames and their conv encodings, packed back to back for all units (padding is
-dropped, not masked), dims first so that the distance scan runs over contiguous
-memory. Trajectories index their unit's frames; nothing is copied per trajectory.
+frames and their conv encodings, laid out in blocks of ``SUM_BLOCK`` frames
+(``BlockedContext``: dims, frame within the block, block), so that the attention's
+block sums run across blocks, contiguous in memory, and vectorize. Trajectories index
+their unit's blocks; nothing is copied per trajectory.
 
-The kernel advances one trajectory at a time through a block of noise, keeping its
-state and its unit's frames in cache. Arithmetic is float32 as in the torch model,
-except the attention sums, which accumulate in float64. The attention exponentials
-use a branch-free exp (range reduction plus a polynomial accurate to float32
-resolution) so that the scan over the context vectorizes; weights below exp(-87)
-count as zero, which provably changes the attention by less than float32
-resolution. Non-finite states propagate as NaN/inf, as in the torch path.
+Each step is the batched kernel's step for one lane, operation for operation
+(``arithmetic``): a trajectory's forecast is bit for bit the same on this kernel and on
+``batched``, so "auto" may take whichever is faster for a call. The products with the
+weights sweep the inner index in ascending order with the outputs as the vector axis,
+the attention's scores, maximum and weights are elementwise over frames, and its sums
+are float32 block sums over consecutive frames, added in float64. Non-finite states
+propagate as NaN, as in torch.
 
 Compiled code is cached on disk (in ``__pycache__`` next to this module, or in
 numba's user cache directory when the package is read-only); with no writable
@@ -29,51 +30,34 @@ location it is compiled once per process.
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from functools import partial
 
-import numba
 import numpy as np
 import torch
 
 from ..model import DynaMix
+from .arithmetic import SUM_BLOCK, compile_kernel, exp_below_zero
 from .batch import RolloutBatch
 from .noise import NOISE_CHUNK_STEPS, standard_normals
-
-# Attention weights exp(x) with x < -87 (below 2**-125) are set to zero. The largest weight is 1,
-# so even T such weights sum to less than T * 2**-125, far below float32 resolution of the sum.
-NEGLIGIBLE_EXPONENT = np.float32(-87.0)
-LOG2_E = np.float32(1 / math.log(2))
-LN2 = np.float32(math.log(2))
-# nnan/ninf are left out on purpose: diverging trajectories must stay NaN/inf, as in torch.
-FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
-
-
-def _compile(func, fastmath=FASTMATH):
-    options = {"nogil": True, "fastmath": fastmath, "error_model": "numpy"}
-    try:
-        return numba.njit(cache=True, **options)(func)
-    except RuntimeError:  # numba found no writable cache directory
-        return numba.njit(**options)(func)
 
 
 @dataclass(frozen=True)
 class Weights:
-    """The model's parameters as contiguous float32 arrays, laid out for the kernel."""
+    """The model's parameters as contiguous float32 arrays, laid out for the kernels."""
 
     D: np.ndarray  # (N, M)
     sigma: np.ndarray  # (N,)
-    tau1: np.float32
+    neg_inv_tau1: np.float32  # -1 / |tau1|: the attention scores are distances times it
     W1: np.ndarray  # (J, N + M)
     b1: np.ndarray  # (J,)
     W2: np.ndarray  # (J, J)
     b2: np.ndarray  # (J,)
-    tau2: np.float32
+    neg_inv_tau2: np.float32  # -1 / |tau2|
     A: np.ndarray  # (J, M)
-    W_columns: np.ndarray  # (M, J*M): column k of every expert's W, so W phi is a row sweep
+    W_columns: np.ndarray  # (M, J*M): column k of every expert's W, so W phi is a sweep over k
     h: np.ndarray  # (J, M)
     relu_from: int  # first latent index that goes through the ReLU (M - P)
 
@@ -84,17 +68,20 @@ class Weights:
         def array(tensor: torch.Tensor) -> np.ndarray:
             return np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=np.float32)
 
+        def negative_reciprocal(temperature: torch.Tensor) -> np.float32:
+            return np.float32(-1.0) / np.float32(temperature.detach().abs().item())
+
         a, w, h = model.expert_stack()
         j, m = w.shape[0], w.shape[1]
         return cls(
             D=array(gating.D),
             sigma=array(gating.sigma),
-            tau1=np.float32(gating.softmax_temp1.detach().abs().item()),
+            neg_inv_tau1=negative_reciprocal(gating.softmax_temp1),
             W1=array(gating.mlp_layer1.weight),
             b1=array(gating.mlp_layer1.bias),
             W2=array(gating.mlp_layer2.weight),
             b2=array(gating.mlp_layer2.bias),
-            tau2=np.float32(gating.softmax_temp2.detach().abs().item()),
+            neg_inv_tau2=negative_reciprocal(gating.softmax_temp2),
             A=array(a),
             W_columns=array(w.permute(2, 0, 1).reshape(m, j * m)),
             h=array(h),
@@ -102,8 +89,16 @@ class Weights:
         )
 
     def arrays(self) -> tuple:
-        """The fields in declaration order, which is the order ``_advance`` takes them in."""
+        """The fields in declaration order, which is the order the kernels take them in."""
         return tuple(getattr(self, field.name) for field in fields(self))
+
+    def read_z(self) -> np.ndarray:
+        """(N + J, M): the rows of D, then of W1's latent part: the query and W1_z z are one product."""
+        return np.ascontiguousarray(np.concatenate((self.D, self.W1[:, self.D.shape[0] :])))
+
+    def columns(self) -> tuple[np.ndarray, np.ndarray]:
+        """``read_z`` (M, N + J) and W2 (J, J) by columns, as ``_advance`` sweeps them."""
+        return np.ascontiguousarray(self.read_z().T), np.ascontiguousarray(self.W2.T)
 
 
 @dataclass(frozen=True)
@@ -131,6 +126,35 @@ class PackedContext:
         return self.keys, self.encodings, self.offsets
 
 
+@dataclass(frozen=True)
+class PaddedContext:
+    """``PackedContext`` with each unit's frames padded to a multiple of ``SUM_BLOCK`` and dims to a multiple of 3.
+
+    As in the batched kernel's tiles, a padding frame has key +inf and encoding 0, so
+    it gets weight exactly 0 and adds exactly 0 to every sum, and padding dims are 0.
+    """
+
+    keys: np.ndarray  # (N', F') frames of unit u at columns offsets[u]:offsets[u + 1]
+    encodings: np.ndarray  # (N', F')
+    offsets: np.ndarray  # (U + 1,) multiples of SUM_BLOCK
+
+    @classmethod
+    def of(cls, packed: PackedContext) -> PaddedContext:
+        dims, counts = packed.keys.shape[0], np.diff(packed.offsets)
+        offsets = np.concatenate([[0], np.cumsum(-(-counts // SUM_BLOCK) * SUM_BLOCK)]).astype(np.int64)
+        unit = np.repeat(np.arange(len(counts)), counts)
+        columns = offsets[unit] + np.arange(packed.offsets[-1]) - packed.offsets[unit]
+        keys = np.zeros((-(-dims // 3) * 3, offsets[-1]), dtype=np.float32)
+        keys[:dims] = np.inf
+        encodings = np.zeros_like(keys)
+        keys[:dims, columns] = packed.keys
+        encodings[:dims, columns] = packed.encodings
+        return cls(keys=keys, encodings=encodings, offsets=offsets)
+
+    def arrays(self) -> tuple:
+        return self.keys, self.encodings, self.offsets
+
+
 def _pack(frames, starts, offsets, kernel, bias, keys, encodings):
     """Each unit's valid frames c_1..c_{T-1} into keys (N, F), and e_k = b + sum_i K_0 c_k + K_1 c_{k+1}.
 
@@ -151,7 +175,7 @@ def _pack(frames, starts, offsets, kernel, bias, keys, encodings):
             column += 1
 
 
-_pack = _compile(_pack, fastmath=False)  # every frame's encoding is the same IEEE sum, in the same order
+_pack = compile_kernel(_pack, fastmath=False)  # every frame's encoding is the same IEEE sum, in the same order
 
 
 def rollout_per_series(model: DynaMix, batch: RolloutBatch, horizon: int, threads: int | None = None) -> np.ndarray:
@@ -163,13 +187,14 @@ def rollout_per_series(model: DynaMix, batch: RolloutBatch, horizon: int, thread
     split them into contiguous groups; results do not depend on the split.
     """
     weights = Weights.of(model)
-    packed = PackedContext.of(model, batch.context, batch.valid_from)
+    padded = PaddedContext.of(PackedContext.of(model, batch.context, batch.valid_from))
     state = _initial_states(np.asarray(batch.x0, dtype=np.float32), model.B.detach().cpu().numpy().astype(np.float32))
     unit = np.ascontiguousarray(batch.unit, dtype=np.int64)
     out = np.empty((horizon, len(unit), model.arch.N), dtype=np.float32)
+    columns = weights.columns()
 
     def advance(noise, start, first, stop):
-        _advance(state, noise, out, start, first, stop, unit, *packed.arrays(), *weights.arrays())
+        _advance(state, noise, out, start, first, stop, unit, *padded.arrays(), *columns, *weights.arrays())
 
     advance_in_groups(batch.streams, horizon, model.arch.N, len(unit), threads, advance)
     return out
@@ -210,10 +235,10 @@ def _initial_states(x0: np.ndarray, read_in: np.ndarray) -> np.ndarray:
     return state
 
 
-@_compile
+@compile_kernel
 def _advance(
-    state, noise, out, out_start, b_start, b_stop, unit, keys, encodings, offsets,
-    D, sigma, tau1, W1, b1, W2, b2, tau2, A, W_columns, h, relu_from,
+    state, noise, out, out_start, b_start, b_stop, unit, keys, encodings, offsets, read_z_columns, w2_columns,
+    D, sigma, neg_inv_tau1, W1, b1, W2, b2, neg_inv_tau2, A, W_columns, h, relu_from,
 ):  # fmt: skip
     """Advance trajectories b_start..b_stop-1 through one noise block (B, k, N), writing out[out_start:]."""
     n_obs, m = D.shape
@@ -222,126 +247,156 @@ def _advance(
     for u in range(len(offsets) - 1):
         longest = max(longest, offsets[u + 1] - offsets[u])
     scores = np.empty(longest, dtype=np.float32)
-    scale_bits = np.empty(longest, dtype=np.int32)
-    query = np.empty(n_obs, dtype=np.float32)
+    partial = np.empty((keys.shape[0] + 1, SUM_BLOCK), dtype=np.float32)  # (N' + 1, SUM_BLOCK)
+    best = np.empty(SUM_BLOCK, dtype=np.float32)
+    products = np.empty(n_obs + j_count, dtype=np.float32)
+    query = np.zeros(keys.shape[0], dtype=np.float32)  # (N',), the dims past N stay 0
     embedding = np.empty(n_obs, dtype=np.float32)
-    hidden = np.empty(j_count, dtype=np.float32)
-    gate = np.empty(j_count, dtype=np.float32)
+    logits = np.empty(j_count, dtype=np.float32)
     phi = np.empty(m, dtype=np.float32)
-    mixed = np.empty(j_count * m, dtype=np.float32)
+    experts = np.empty(j_count * m, dtype=np.float32)
+    mixed = np.empty(m, dtype=np.float32)
     for b in range(b_start, b_stop):
         lo, hi = offsets[unit[b]], offsets[unit[b] + 1]
         z = state[b]
         for t in range(noise.shape[1]):
+            _sweep(read_z_columns, z, products)  # the query's D z, then W1_z z
             finite = True
             for i in range(n_obs):
-                acc = np.float32(0.0)
-                for k in range(m):
-                    acc += D[i, k] * z[k]
-                query[i] = acc + sigma[i] * noise[b, t, i]
-                finite = finite and math.isfinite(query[i])
+                query[i] = products[i] + sigma[i] * noise[b, t, i]
+                finite = finite and abs(query[i]) < np.inf
             if finite:
-                _attend(query, keys, encodings, lo, hi, tau1, scores, scale_bits, embedding)
-            else:
+                _attend(query, keys, encodings, lo, hi, neg_inv_tau1, scores, partial, best)
                 for i in range(n_obs):
-                    embedding[i] = np.nan
-            _expert_weights(embedding, z, W1, b1, W2, b2, tau2, hidden, gate)
-            _mix_experts(z, gate, A, W_columns, h, relu_from, phi, mixed)
+                    embedding[i] = partial[i, 0]
+                hidden = products[n_obs:]
+                for j in range(j_count):
+                    hidden[j] += b1[j]
+                    for i in range(n_obs):
+                        hidden[j] += W1[j, i] * embedding[i]
+                    hidden[j] = np.float32(0.0) if hidden[j] < 0 else hidden[j]  # NaN passes, as torch.relu
+                _sweep(w2_columns, hidden, logits)
+                finite = _softmax_gate(logits, b2, neg_inv_tau2)
+            if finite:
+                for k in range(m):
+                    phi[k] = np.float32(0.0) if k >= relu_from and z[k] < 0 else z[k]
+                _sweep(W_columns, phi, experts)
+                for k in range(m):
+                    mixed[k] = np.float32(0.0)
+                for j in range(j_count):
+                    g = logits[j]
+                    for k in range(m):
+                        mixed[k] += g * (A[j, k] * z[k] + experts[j * m + k] + h[j, k])
+                for k in range(m):
+                    z[k] = mixed[k]
+            else:
+                for k in range(m):
+                    z[k] = np.nan
             for i in range(n_obs):
                 out[out_start + t, b, i] = z[i]
 
 
-@_compile
-def _attend(query, keys, encodings, lo, hi, tau1, score_buffer, bits_buffer, embedding):
-    """embedding = sum_k a_k e_k with a = softmax_k(-|c_k - query|_1 / tau1) over the frames lo..hi-1."""
-    # Zero-based views: indexing with lo + k would make numba check for negative indices and not vectorize.
-    frames = hi - lo
-    scores, bits = score_buffer[:frames], bits_buffer[:frames]
-    for k in range(frames):
-        scores[k] = 0.0
-    for i in range(keys.shape[0]):
-        qi, row = query[i], keys[i, lo:hi]
-        for k in range(frames):
-            scores[k] += abs(row[k] - qi)
-    best = np.float32(-np.inf)
-    for k in range(frames):
-        scores[k] = -scores[k] / tau1
-        best = max(best, scores[k])
-    # exp(x) = 2**m * exp(r) with x = m ln 2 + r, |r| <= ln(2) / 2: branch-free, so the loop vectorizes.
-    # The degree-7 Taylor polynomial of exp(r) is exact to 6e-9 relative there; with float32 rounding the
-    # result is within 3e-7 relative of exp(x) on [-87, 0] (numpy's float32 exp: 2e-7).
-    for k in range(frames):
-        x = scores[k] - best
-        kept = x >= NEGLIGIBLE_EXPONENT
-        x = max(x, NEGLIGIBLE_EXPONENT)
-        octaves = np.floor(x * LOG2_E + np.float32(0.5))
-        r = x - octaves * LN2
-        p = np.float32(1.0 / 5040.0)
-        p = p * r + np.float32(1.0 / 720.0)
-        p = p * r + np.float32(1.0 / 120.0)
-        p = p * r + np.float32(1.0 / 24.0)
-        p = p * r + np.float32(1.0 / 6.0)
-        p = p * r + np.float32(0.5)
-        p = p * r + np.float32(1.0)
-        p = p * r + np.float32(1.0)
-        bits[k] = (np.int32(octaves) + np.int32(127)) << np.int32(23)  # float32 bit pattern of 2**octaves
-        scores[k] = p if kept else np.float32(0.0)
-    scales = bits.view(np.float32)
-    total = 0.0
-    for k in range(frames):
-        scores[k] *= scales[k]
-        total += scores[k]
-    for i in range(keys.shape[0]):
-        row, weighted = encodings[i, lo:hi], 0.0
-        for k in range(frames):
-            weighted += scores[k] * row[k]
-        embedding[i] = weighted / total
+@compile_kernel
+def _sweep(columns, x, out):
+    """out = M x with M given by its columns (K, R): each out[r] a fused multiply-add chain over k from 0."""
+    for r in range(out.shape[0]):
+        out[r] = np.float32(0.0)
+    for k in range(columns.shape[0]):
+        xk = x[k]
+        for r in range(out.shape[0]):
+            out[r] += columns[k, r] * xk
 
 
-@_compile
-def _expert_weights(embedding, z, W1, b1, W2, b2, tau2, hidden, gate):
-    """gate = softmax(-(W2 relu(W1 [embedding; z] + b1) + b2) / tau2)."""
-    n_obs = embedding.shape[0]
-    for j in range(hidden.shape[0]):
-        acc = b1[j]
-        for i in range(n_obs):
-            acc += W1[j, i] * embedding[i]
-        for k in range(z.shape[0]):
-            acc += W1[j, n_obs + k] * z[k]
-        hidden[j] = np.float32(0.0) if acc < 0 else acc  # NaN passes through, as in torch.relu
+@compile_kernel
+def _attend(query, keys, encodings, lo, hi, neg_inv_tau1, scores, partial, best):
+    """partial[:N', 0] = the attention's embedding sum_k a_k e_k, a = softmax_k(-|c_k - query|_1 / tau1).
+
+    Over the frames lo..hi-1 of keys/encodings (N', F), hi - lo a multiple of ``SUM_BLOCK``;
+    scores, partial and best are buffers. Frame k goes to float32 partial sum k mod
+    ``SUM_BLOCK``, and the partial sums are added in float64 in order: ``batched._attend``
+    for one lane, here with the partial sums as the vector axis.
+    """
+    frames, last = hi - lo, keys.shape[0] - 3
+    scores = scores[:frames]
+    for g in range(0, last + 3, 3):
+        row0, row1, row2 = keys[g, lo:hi], keys[g + 1, lo:hi], keys[g + 2, lo:hi]
+        q0, q1, q2 = query[g], query[g + 1], query[g + 2]
+        if g == 0 and last == 0:
+            for k in range(frames):
+                scores[k] = ((abs(row0[k] - q0) + abs(row1[k] - q1)) + abs(row2[k] - q2)) * neg_inv_tau1
+        elif g == 0:
+            for k in range(frames):
+                scores[k] = (abs(row0[k] - q0) + abs(row1[k] - q1)) + abs(row2[k] - q2)
+        elif g < last:
+            for k in range(frames):
+                scores[k] = ((abs(row0[k] - q0) + abs(row1[k] - q1)) + abs(row2[k] - q2)) + scores[k]
+        else:
+            for k in range(frames):
+                scores[k] = (((abs(row0[k] - q0) + abs(row1[k] - q1)) + abs(row2[k] - q2)) + scores[k]) * neg_inv_tau1
+    # Zero-based views per block: indexing with block + slot would make numba check for negative indices, and
+    # the loops would not vectorize.
+    for slot in range(SUM_BLOCK):
+        best[slot] = -np.inf
+    for block in range(frames // SUM_BLOCK):
+        block_scores = scores[block * SUM_BLOCK : (block + 1) * SUM_BLOCK]
+        for slot in range(SUM_BLOCK):
+            score = block_scores[slot]
+            best[slot] = score if score > best[slot] else best[slot]
     top = np.float32(-np.inf)
-    for j in range(gate.shape[0]):
-        acc = b2[j]
-        for i in range(hidden.shape[0]):
-            acc += W2[j, i] * hidden[i]
-        gate[j] = -acc / tau2
-        top = max(top, gate[j])
+    for slot in range(SUM_BLOCK):
+        top = best[slot] if best[slot] > top else top
+    for k in range(frames):
+        scores[k] = exp_below_zero(scores[k] - top)
+    for i in range(last + 4):
+        for slot in range(SUM_BLOCK):
+            partial[i, slot] = np.float32(0.0)
+    total = partial[last + 3]
+    for block in range(frames // SUM_BLOCK):
+        first, stop = block * SUM_BLOCK, (block + 1) * SUM_BLOCK
+        weights = scores[first:stop]
+        for g in range(0, last + 3, 3):
+            sum0, sum1, sum2 = partial[g], partial[g + 1], partial[g + 2]
+            e0 = encodings[g, lo + first : lo + stop]
+            e1 = encodings[g + 1, lo + first : lo + stop]
+            e2 = encodings[g + 2, lo + first : lo + stop]
+            if g == 0:
+                for slot in range(SUM_BLOCK):
+                    weight = weights[slot]
+                    total[slot] += weight
+                    sum0[slot] += weight * e0[slot]
+                    sum1[slot] += weight * e1[slot]
+                    sum2[slot] += weight * e2[slot]
+            else:
+                for slot in range(SUM_BLOCK):
+                    weight = weights[slot]
+                    sum0[slot] += weight * e0[slot]
+                    sum1[slot] += weight * e1[slot]
+                    sum2[slot] += weight * e2[slot]
+    total = 0.0
+    sums = np.zeros(last + 3, dtype=np.float64)
+    for slot in range(SUM_BLOCK):
+        total += partial[last + 3, slot]
+        for i in range(last + 3):
+            sums[i] += partial[i, slot]
+    for i in range(last + 3):
+        partial[i, 0] = sums[i] / total
+
+
+@compile_kernel
+def _softmax_gate(logits, b2, neg_inv_tau2) -> bool:
+    """logits (J,) <- softmax_j((logits + b2) * -1/tau2); False where a logit is NaN (or inf - inf), as torch."""
+    top = np.float32(-np.inf)
+    for j in range(logits.shape[0]):
+        logits[j] = (logits[j] + b2[j]) * neg_inv_tau2
+        top = logits[j] if logits[j] > top else top
+    finite = True
+    for j in range(logits.shape[0]):
+        logits[j] -= top
+        finite = finite and logits[j] == logits[j]
     norm = np.float32(0.0)
-    for j in range(gate.shape[0]):
-        gate[j] = math.exp(gate[j] - top)
-        norm += gate[j]
-    for j in range(gate.shape[0]):
-        gate[j] /= norm
-
-
-@_compile
-def _mix_experts(z, gate, A, W_columns, h, relu_from, phi, mixed):
-    """z <- sum_j gate_j (A_j * z + W_j phi(z) + h_j), all W_j phi(z) in one sweep over W's columns."""
-    m = z.shape[0]
-    for k in range(m):
-        phi[k] = np.float32(0.0) if k >= relu_from and z[k] < 0 else z[k]
-    for r in range(mixed.shape[0]):
-        mixed[r] = 0.0
-    for k in range(m):
-        pk = phi[k]
-        for r in range(mixed.shape[0]):
-            mixed[r] += W_columns[k, r] * pk
-    for j in range(gate.shape[0]):
-        g = gate[j]
-        for k in range(m):
-            mixed[j * m + k] = g * (A[j, k] * z[k] + mixed[j * m + k] + h[j, k])
-    for k in range(m):
-        acc = np.float32(0.0)
-        for j in range(gate.shape[0]):
-            acc += mixed[j * m + k]
-        z[k] = acc
+    for j in range(logits.shape[0]):
+        logits[j] = exp_below_zero(logits[j])
+        norm += logits[j]
+    for j in range(logits.shape[0]):
+        logits[j] /= norm
+    return finite
