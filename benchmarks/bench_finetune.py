@@ -13,6 +13,11 @@ for DynaMix's defaults zero-shot, the same defaults fine-tuned on each dataset's
 history before its first test window, and AutoETS: median MASE over all windows, the
 ratio fine-tuned / zero-shot, mean 80% coverage, and a per-dataset table.
 
+Development set (``--part dev``): the same comparison on the eight series above, which
+Track B does not use, each cut into Track B's expanding windows (quarterly series:
+horizon 8, season 4; the others horizon 6, no season). Fine-tuning settings can be
+compared here (``--set``) without looking at Track B's test windows.
+
     DYNAMIX_MODEL_DIR=../shared/models python benchmarks/bench_finetune.py [--part timing accuracy]
 """
 
@@ -102,14 +107,27 @@ def timing(weights: str) -> None:
         print(f"  {size:6d}  {seconds:7.1f}  {per_series:8.3f}  {per_series / base:.3f}")
 
 
-def accuracy(weights: str, windows: int, config: FinetuneConfig) -> None:
+def development_datasets() -> list[real_world.Dataset]:
+    """The eight series as Track B datasets (frequency classes set horizon and season)."""
+    real = eight_real_series()
+    frequencies = {"quarterly": "quarterly", "half-hourly": "yearly", "daily": "yearly"}
+    datasets = []
+    for name, values in real.items():
+        label = name.split(" (")[0]
+        frequency = next((f for key, f in frequencies.items() if key in name), "yearly")
+        series = pd.Series(values)
+        datasets.append(real_world.Dataset(label, frequency, "bench_finetune.eight_real_series", lambda s=series: s))
+    return datasets
+
+
+def accuracy(weights: str, windows: int, config: FinetuneConfig, datasets: list[real_world.Dataset]) -> None:
     from dynamix_adapters import DynaMixForecaster
 
     rows, tuning = [], []
     folder = Path(tempfile.mkdtemp(prefix="dynamix-finetune-"))
     zero_name, tuned_name = f"DynaMix auto ({weights})", f"DynaMix fine-tuned ({weights})"
     parameters = real_world.dynamix_variants([weights], 100)[zero_name]
-    for dataset in real_world.DATASETS.values():
+    for dataset in datasets:
         y = dataset.load()
         path = folder / f"{dataset.name}.safetensors"
         tuned, summary = real_world.finetune_on_history(parameters, dataset, y, windows, path, config)
@@ -131,6 +149,12 @@ def accuracy(weights: str, windows: int, config: FinetuneConfig) -> None:
     ratio = summary.loc[tuned_name, "MASE"] / summary.loc[zero_name, "MASE"]
     print(f"fine-tuned / zero-shot median MASE: {ratio:.3f} (bar <= 0.85)")
     print(f"fine-tuned / AutoETS median MASE: {summary.loc[tuned_name, 'MASE'] / summary.loc['AutoETS', 'MASE']:.3f}")
+    paired = frame.pivot_table(index=["dataset", "window"], columns="model", values="MASE")
+    ratios = np.log(paired[tuned_name] / paired[zero_name])
+    print(
+        f"per window, fine-tuned / zero-shot MASE: geometric mean {np.exp(ratios.mean()):.3f}, "
+        f"better in {(ratios < 0).sum()} of {len(ratios)} windows, worse in {(ratios > 0).sum()}"
+    )
     by_dataset = frame.pivot_table(index="dataset", columns="model", values="MASE", aggfunc="median", sort=False)
     frame.to_csv(folder / "windows.csv", index=False)
     print(f"\nMedian MASE per dataset (per-window rows in {folder / 'windows.csv'}):")
@@ -140,18 +164,21 @@ def accuracy(weights: str, windows: int, config: FinetuneConfig) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", nargs="+", choices=("timing", "accuracy"), default=["timing", "accuracy"])
+    parser.add_argument("--part", nargs="+", choices=("timing", "accuracy", "dev"), default=["timing", "accuracy"])
     parser.add_argument("--windows", type=int, default=5, help="Track B forecast origins per dataset (default 5)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="FinetuneConfig overrides")
+    parser.add_argument("--model", default=None, help="weights to start from (default: official where present)")
     args = parser.parse_args()
     available = {row["name"] for row in describe_models() if row["available"]}
-    weights = OFFICIAL_MODEL if OFFICIAL_MODEL in available else DEFAULT_MODEL
+    weights = args.model or (OFFICIAL_MODEL if OFFICIAL_MODEL in available else DEFAULT_MODEL)
     defaults = FinetuneConfig()
     config = replace(defaults, **{k: type(getattr(defaults, k))(v) for k, v in (item.split("=") for item in args.set)})
     if "timing" in args.part:
         timing(weights)
     if "accuracy" in args.part:
-        accuracy(weights, args.windows, config)
+        accuracy(weights, args.windows, config, list(real_world.DATASETS.values()))
+    if "dev" in args.part:
+        accuracy(weights, args.windows, config, development_datasets())
 
 
 if __name__ == "__main__":
