@@ -171,8 +171,10 @@ def _left_pad(pieces, n_units: int, model_dims: int, given: np.ndarray | None):
                 rows[first == lost, :lost] = 0.0
                 columns[first == lost, :lost] = 0.0
             skipped = max(0, length - width)  # frames before every unit's first: never valid
-            context[units, width - length + skipped :, :dims] = rows[:, skipped:]
-            context[units, width - length + skipped :, dims:] = columns[:, skipped:]
+            # A run of consecutive units (the usual group) is written through a view: no fancy-index scatter.
+            target = slice(units[0], units[-1] + 1) if len(units) and np.all(np.diff(units) == 1) else units
+            context[target, width - length + skipped :, :dims] = rows[:, skipped:]
+            context[target, width - length + skipped :, dims:] = columns[:, skipped:]
             valid_from[units] = width - (length - first)
             frame = np.full(len(units), length - 1)
             if given is not None:
