@@ -40,13 +40,11 @@ from ..model import DynaMix
 from .batch import RolloutBatch
 
 BACKENDS = ("numba", "batched", "torch")
-# From this many trajectories on, "auto" takes the batched kernel. Alone, a series breaks even about there
-# (bench_inference.py, one thread, H 1,000: at context 512 batched takes 1.10x numba's time for 16
-# trajectories, 0.90x for 20 and 0.75x for 24; at context 2,000, 1.06x for 24 and 0.77x for 32); in a panel
-# the tiles fill and batched wins by 2x: in-context validation (18 jobs per univariate series, 16 steps) of
-# 64 series at context 512 cost 1.40-1.52 ms a series with 16 here against 1.72-1.84 with 24, and a lone
-# series the same (9-10 ms either way).
-BATCHED_MIN_TRAJECTORIES = 16
+# From this many trajectories on, "auto" takes the batched kernel: the crossover of bench_inference.py (one
+# thread, H 1,000, after the kernels' shared arithmetic): at context 512 batched takes 1.64x the per-series
+# kernel's time for 16 trajectories, 1.20x for 24, 0.87x for 32 and 0.56x for 48; at context 2,000, 1.08x for
+# 32 and 0.69x for 48. The kernels agree bit for bit, so the threshold only decides speed.
+BATCHED_MIN_TRAJECTORIES = 32
 # A model on a GPU rolls out on the device from this many trajectories x context frames on; below, one CPU core
 # is faster than the ~10 kernel launches a step takes there (issue 21, on an H200: a single series at context
 # 2,000 ran 0.09 s on the numba kernel and 4.5 s step by step on the GPU; 256 series at context 512 ran 0.58 s
