@@ -170,7 +170,7 @@ def main(argv=None) -> None:
                 "explicit settings, backend auto",
                 args.series,
                 lambda: forecast(model, panel, args.horizon, random_state=SEED, **EXPLICIT),
-                "batched from 16 series (bit-identical kernels)",
+                "batched from 32 trajectories (bit-identical kernels)",
             ),
             timed(
                 "explicit settings, backend numba",
