@@ -380,14 +380,14 @@ def _attend(query, keys, encodings, lo, hi, neg_inv_tau1, scores, partial, best)
                     sum0[slot] += weight * e0[slot]
                     sum1[slot] += weight * e1[slot]
                     sum2[slot] += weight * e2[slot]
-    total = 0.0
+    weight_sum = 0.0
     sums = np.zeros(last + 3, dtype=np.float64)
     for slot in range(SUM_BLOCK):
-        total += partial[last + 3, slot]
+        weight_sum += partial[last + 3, slot]
         for i in range(last + 3):
             sums[i] += partial[i, slot]
     for i in range(last + 3):
-        partial[i, 0] = sums[i] / total
+        partial[i, 0] = sums[i] / weight_sum
 
 
 @compile_kernel
