@@ -63,21 +63,23 @@ class Spread:
     @classmethod
     def fit(cls, errors: np.ndarray, stationary: bool) -> Spread | None:
         """errors (K, step, D) standardized validation errors (NaN: missing); None if none are finite."""
-        return cls.fit_many([errors], [stationary])[0]
-
-    @classmethod
-    def fit_many(cls, errors: list[np.ndarray], stationary: list[bool]) -> list[Spread | None]:
-        """``fit`` for many series at once: array operations over every group of equally shaped errors."""
-        spreads: list[Spread | None] = [None] * len(errors)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, e in enumerate(errors):
-            groups.setdefault(e.shape, []).append(i)
-        for shape, members in groups.items():
-            levels, slopes, fitted = _power_laws(np.stack([errors[i] for i in members]))
-            for row, i in enumerate(members):
-                if fitted[row]:
-                    spreads[i] = cls(levels[row], slopes[row], stationary[i], shape[1])
-        return spreads
+        if not np.isfinite(errors).any():
+            return None
+        steps = np.arange(1, errors.shape[1] + 1, dtype=float)
+        a, b = [], []
+        for d in range(errors.shape[2]):
+            rms = np.sqrt(np.nanmean(errors[:, :, d] ** 2, axis=0))  # (step,)
+            ok = np.isfinite(rms) & (rms > SPREAD_FLOOR)
+            if ok.sum() >= 2:
+                slope = float(np.clip(np.polyfit(np.log(steps[ok]), np.log(rms[ok]), 1)[0], 0.0, 1.0))
+            else:
+                slope = 0.0
+            # Level for the clipped slope from the mean squared error (a log-space mean would be a
+            # geometric mean, biased low).
+            level = np.sqrt(np.mean(rms[ok] ** 2 / steps[ok] ** (2 * slope))) if ok.any() else SPREAD_FLOOR
+            a.append(level)
+            b.append(slope)
+        return cls(np.array(a), np.array(b), stationary, errors.shape[1])
 
     def sigma(self, horizon: int) -> np.ndarray:
         """(H, D) error scale in context standard deviations."""
@@ -106,33 +108,6 @@ class Spread:
         weight = self.weight(horizon)
         # Past the hand-over the paths are returned as they are, bit for bit.
         return np.where(weight > 0, center + deviation * (1.0 + weight * (factor - 1.0)), paths)
-
-
-def _power_laws(errors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """errors (S, K, step, D) -> levels a (S, D), slopes b (S, D) of rms(h) = a * h**b, and (S,) any finite.
-
-    The slope is the least-squares line through log rms against log h over the steps with an
-    rms above ``SPREAD_FLOOR`` (0 with fewer than two), clipped to [0, 1]; the level matches
-    the mean squared error for that slope (a log-space mean would be a geometric mean, biased low).
-    """
-    finite = np.isfinite(errors)
-    count = finite.sum(axis=1)  # (S, step, D)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rms = np.sqrt(np.where(finite, errors**2, 0.0).sum(axis=1) / count)  # NaN where no window has the step
-        ok = np.isfinite(rms) & (rms > SPREAD_FLOOR)
-        log_steps = np.log(np.arange(1, errors.shape[2] + 1, dtype=float))[None, :, None]  # (1, step, 1)
-        log_rms = np.where(ok, np.log(np.where(ok, rms, 1.0)), 0.0)
-        used = ok.sum(axis=1)  # (S, D)
-        mean_x = (log_steps * ok).sum(axis=1) / used
-        mean_y = log_rms.sum(axis=1) / used
-        dx = np.where(ok, log_steps - mean_x[:, None], 0.0)
-        sxx = (dx**2).sum(axis=1)
-        slope = np.where((used >= 2) & (sxx > 0), (dx * (log_rms - mean_y[:, None])).sum(axis=1) / sxx, 0.0)
-        slope = np.clip(np.nan_to_num(slope), 0.0, 1.0)
-        steps = np.exp(log_steps)
-        ratio = np.where(ok, np.where(ok, rms, 0.0) ** 2 / steps ** (2 * slope[:, None]), 0.0)
-        level = np.where(used > 0, np.sqrt(ratio.sum(axis=1) / used), SPREAD_FLOOR)
-    return level, slope, finite.any(axis=(1, 2, 3))
 
 
 def robust_spread(deviation: np.ndarray) -> np.ndarray:

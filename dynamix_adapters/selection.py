@@ -144,16 +144,7 @@ def select(pipeline, series: list[np.ndarray], entropy: int, stationary_only: bo
         chunk = series[first : first + size]
         plans = [_plan(x, pairs, model_dims) for x in chunk]
         errors = _validate(pipeline, chunk, plans, entropy, jobs_per_series)
-        picks = [_pick(plan, mase) for plan, (mase, _) in zip(plans, errors, strict=True)]
-        validated = [
-            (plan, e, best) for plan, (_, e), (best, _) in zip(plans, errors, picks, strict=True) if best is not None
-        ]
-        spreads = iter(
-            Spread.fit_many([e[best] for _, e, best in validated], [not p.pairs[b][1] for p, _, b in validated])
-        )
-        for x, plan, (best, mean) in zip(chunk, plans, picks, strict=True):
-            spread = next(spreads) if best is not None else None
-            chosen.append(_selection(plan, best, mean, spread, embedding, content_key(x)))
+        chosen += [_choose(plan, e, embedding, content_key(x)) for x, plan, e in zip(chunk, plans, errors, strict=True)]
     return chosen
 
 
@@ -284,25 +275,17 @@ def _window_statistics(series, windows, length: int) -> tuple[np.ndarray, np.nda
     return truth, np.where(scale > 0, scale, 1.0), np.where(spread > 0, spread, 1.0)
 
 
-def _pick(plan: _Plan, mase: np.ndarray) -> tuple[int | None, np.ndarray]:
-    """The simplest candidate within MARGIN of the best (None when nothing validated), and each one's mean MASE."""
+def _choose(plan: _Plan, result: tuple[np.ndarray, np.ndarray], embedding: str | None, key: int) -> Selection:
+    """The simplest candidate within MARGIN of the best; the defaults when nothing validated."""
+    mase, errors = result
     mean = mase.mean(axis=1) if mase.size else np.array([])
     if not np.isfinite(mean).any():
-        return None, mean
+        return Selection(EMBEDDINGS[0], False, embedding or EMBEDDINGS[0], key=key)
     best = 0 if np.isfinite(mean[0]) else int(np.argmax(np.isfinite(mean)))
     for c in range(best + 1, len(mean)):
         margin = NONSTATIONARY_MARGIN if plan.pairs[c][1] and not plan.pairs[best][1] else MARGIN
         if mean[c] < mean[best] * (1 - margin):
             best = c
-    return best, mean
-
-
-def _selection(
-    plan: _Plan, best: int | None, mean: np.ndarray, spread: Spread | None, embedding: str | None, key: int
-) -> Selection:
-    """The Selection for a pick; the defaults, uncalibrated, when nothing validated."""
-    if best is None:
-        return Selection(EMBEDDINGS[0], False, embedding or EMBEDDINGS[0], key=key)
     chosen, flag = plan.pairs[best]
     return Selection(
         preprocessing=chosen,
@@ -311,7 +294,7 @@ def _selection(
         windows=len(plan.cuts),
         validation_horizon=plan.step,
         errors={_label(*pair): float(m) for pair, m in zip(plan.pairs, mean, strict=True)},
-        spread=spread,
+        spread=Spread.fit(errors[best], stationary=not flag),
         key=key,
     )
 

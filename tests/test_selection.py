@@ -179,33 +179,6 @@ def test_spread_grows_with_the_error_and_saturates_when_stationary():
     np.testing.assert_allclose(robust_spread(matched - np.median(matched, axis=0))[:, 0], 0.2 * np.sqrt(steps))
 
 
-def test_spreads_fitted_together_equal_each_fitted_alone_and_match_a_least_squares_line():
-    rng = np.random.default_rng(3)
-    steps = np.arange(1, 13)
-    errors = []
-    for k in range(40):
-        shape = (1 + k % 3, 6 + 6 * (k % 2), 1 + k % 2)
-        e = rng.standard_normal(shape) * 0.2 * np.arange(1, shape[1] + 1)[None, :, None] ** 0.7
-        e[rng.random(shape) < 0.2] = np.nan
-        errors.append(e)
-    errors.append(np.full((3, 6, 1), np.nan))  # nothing validated: no spread
-    flags = [k % 2 == 0 for k in range(len(errors))]
-    together = Spread.fit_many(errors, flags)
-    for e, flag, spread in zip(errors, flags, together, strict=True):
-        alone = Spread.fit(e, flag)
-        if alone is None:
-            assert spread is None
-            continue
-        np.testing.assert_array_equal(spread.a, alone.a)
-        np.testing.assert_array_equal(spread.b, alone.b)
-        assert (spread.stationary, spread.horizon) == (flag, e.shape[1])
-    # The slope is the least-squares line through log rms against log h (np.polyfit), clipped to [0, 1].
-    clean = 0.3 * steps[None, :, None] ** 0.4 * np.exp(rng.normal(0, 0.1, (3, 12, 1)))
-    rms = np.sqrt(np.mean(clean[:, :, 0] ** 2, axis=0))
-    expected = np.polyfit(np.log(steps), np.log(rms), 1)[0]
-    np.testing.assert_allclose(Spread.fit(clean, True).b, [expected], rtol=1e-12)
-
-
 def _wide_frame(columns: int = 20) -> np.ndarray:
     """(150, columns): trending, seasonal and noisy columns, so auto chooses differently per column."""
     rng = np.random.default_rng(5)
