@@ -10,10 +10,10 @@ import torch
 
 from dynamix_adapters import forecast
 from dynamix_adapters.rollout import DivergenceError, RolloutBatch, rollout, select_backend, stream_keys
-from dynamix_adapters.rollout.arithmetic import compile_kernel
+from dynamix_adapters.rollout.arithmetic import SUM_BLOCK, compile_kernel
 from dynamix_adapters.rollout.dispatch import BATCHED_MIN_TRAJECTORIES, GPU_MIN_WORK, numba_import_error
 from dynamix_adapters.rollout.noise import NOISE_CHUNK_STEPS, standard_normals
-from dynamix_adapters.rollout.per_series import PackedContext, PaddedContext, Weights, _advance, rollout_per_series
+from dynamix_adapters.rollout.per_series import PackedContext, Weights, _advance, rollout_per_series
 from dynamix_adapters.rollout.torch_rollout import GRAPH_STEPS
 
 from .conftest import make_tiny_model
@@ -77,7 +77,7 @@ def test_one_step_matches_torch_from_the_same_states(official_model, shared_seri
                 official_model.step(states[-1], keys, encodings, torch.from_numpy(noise[:, t]), padding[unit])
             )
     states = torch.stack(states).numpy()  # (steps + 1, B, M)
-    padded = PaddedContext.of(PackedContext.of(official_model, context, valid_from))
+    padded = PackedContext.of(official_model, context, valid_from, block=SUM_BLOCK)
     weights = Weights.of(official_model)
     arrays = (*padded.arrays(), *weights.columns(), *weights.arrays())
     for t in range(steps):

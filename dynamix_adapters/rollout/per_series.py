@@ -1,10 +1,10 @@
 """Compiled CPU rollout: the recurrence of ``DynaMix.step`` in numba, one trajectory at a time.
 
 Everything that depends only on a unit's context is prepared once: its valid key
-frames and their conv encodings, laid out in blocks of ``SUM_BLOCK`` frames
-(``BlockedContext``: dims, frame within the block, block), so that the attention's
-block sums run across blocks, contiguous in memory, and vectorize. Trajectories index
-their unit's blocks; nothing is copied per trajectory.
+frames and their conv encodings, dims first, each unit padded to whole blocks of
+``SUM_BLOCK`` frames (``PackedContext`` with ``block``), so that the attention's
+partial sums run as the vector axis. Trajectories index their unit's frames; nothing is
+copied per trajectory.
 
 Each step is the batched kernel's step for one lane, operation for operation
 (``arithmetic``): a trajectory's forecast is bit for bit the same on this kernel and on
@@ -103,22 +103,31 @@ class Weights:
 
 @dataclass(frozen=True)
 class PackedContext:
-    """The valid key frames and encodings of all units, back to back, dims first."""
+    """The valid key frames and encodings of all units, back to back, dims first.
 
-    keys: np.ndarray  # (N, F) frames c_1..c_{T-1} of each unit, padding dropped
+    With ``block`` > 1 (the per-series kernel's layout, ``SUM_BLOCK``), each unit's frames
+    are padded to a multiple of ``block`` and the dims to a multiple of 3, as in the batched
+    kernel's tiles: a padding frame has key +inf and encoding 0, so it gets weight exactly 0
+    and adds exactly 0 to every sum, and padding dims are 0.
+    """
+
+    keys: np.ndarray  # (N, F) frames c_1..c_{T-1} of each unit (N', F' with block > 1)
     encodings: np.ndarray  # (N, F) conv encodings of the same frames
     offsets: np.ndarray  # (U + 1,) unit u owns columns offsets[u]:offsets[u + 1]
 
     @classmethod
-    def of(cls, model: DynaMix, context: np.ndarray, valid_from: np.ndarray) -> PackedContext:
+    def of(cls, model: DynaMix, context: np.ndarray, valid_from: np.ndarray, block: int = 1) -> PackedContext:
         conv = model.gating_network.conv
         kernel = conv.weight.detach().cpu().numpy().astype(np.float32)  # (out, in, 2)
         bias = conv.bias.detach().cpu().numpy().astype(np.float32)
         frames = np.ascontiguousarray(context, dtype=np.float32)
         starts = np.asarray(valid_from, dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(frames.shape[1] - 1 - starts)]).astype(np.int64)
-        keys = np.empty((frames.shape[2], offsets[-1]), dtype=np.float32)
-        encodings = np.empty_like(keys)
+        counts = frames.shape[1] - 1 - starts
+        offsets = np.concatenate([[0], np.cumsum(-(-counts // block) * block)]).astype(np.int64)
+        dims = frames.shape[2]
+        keys = np.full((dims if block == 1 else -(-dims // 3) * 3, offsets[-1]), np.inf, dtype=np.float32)
+        keys[dims:] = 0.0
+        encodings = np.zeros_like(keys)
         _pack(frames, starts, offsets, kernel, bias, keys, encodings)
         return cls(keys=keys, encodings=encodings, offsets=offsets)
 
@@ -126,37 +135,8 @@ class PackedContext:
         return self.keys, self.encodings, self.offsets
 
 
-@dataclass(frozen=True)
-class PaddedContext:
-    """``PackedContext`` with each unit's frames padded to a multiple of ``SUM_BLOCK`` and dims to a multiple of 3.
-
-    As in the batched kernel's tiles, a padding frame has key +inf and encoding 0, so
-    it gets weight exactly 0 and adds exactly 0 to every sum, and padding dims are 0.
-    """
-
-    keys: np.ndarray  # (N', F') frames of unit u at columns offsets[u]:offsets[u + 1]
-    encodings: np.ndarray  # (N', F')
-    offsets: np.ndarray  # (U + 1,) multiples of SUM_BLOCK
-
-    @classmethod
-    def of(cls, packed: PackedContext) -> PaddedContext:
-        dims, counts = packed.keys.shape[0], np.diff(packed.offsets)
-        offsets = np.concatenate([[0], np.cumsum(-(-counts // SUM_BLOCK) * SUM_BLOCK)]).astype(np.int64)
-        unit = np.repeat(np.arange(len(counts)), counts)
-        columns = offsets[unit] + np.arange(packed.offsets[-1]) - packed.offsets[unit]
-        keys = np.zeros((-(-dims // 3) * 3, offsets[-1]), dtype=np.float32)
-        keys[:dims] = np.inf
-        encodings = np.zeros_like(keys)
-        keys[:dims, columns] = packed.keys
-        encodings[:dims, columns] = packed.encodings
-        return cls(keys=keys, encodings=encodings, offsets=offsets)
-
-    def arrays(self) -> tuple:
-        return self.keys, self.encodings, self.offsets
-
-
 def _pack(frames, starts, offsets, kernel, bias, keys, encodings):
-    """Each unit's valid frames c_1..c_{T-1} into keys (N, F), and e_k = b + sum_i K_0 c_k + K_1 c_{k+1}.
+    """Each unit's valid frames c_1..c_{T-1} into keys (N, F) from its offset; e_k = b + sum_i K_0 c_k + K_1 c_{k+1}.
 
     Frame by frame in a fixed order, so a frame's encoding never depends on the other
     units (a batched torch conv may round differently for different batch shapes).
@@ -187,14 +167,14 @@ def rollout_per_series(model: DynaMix, batch: RolloutBatch, horizon: int, thread
     split them into contiguous groups; results do not depend on the split.
     """
     weights = Weights.of(model)
-    padded = PaddedContext.of(PackedContext.of(model, batch.context, batch.valid_from))
+    packed = PackedContext.of(model, batch.context, batch.valid_from, block=SUM_BLOCK)
     state = _initial_states(np.asarray(batch.x0, dtype=np.float32), model.B.detach().cpu().numpy().astype(np.float32))
     unit = np.ascontiguousarray(batch.unit, dtype=np.int64)
     out = np.empty((horizon, len(unit), model.arch.N), dtype=np.float32)
     columns = weights.columns()
 
     def advance(noise, start, first, stop):
-        _advance(state, noise, out, start, first, stop, unit, *padded.arrays(), *columns, *weights.arrays())
+        _advance(state, noise, out, start, first, stop, unit, *packed.arrays(), *columns, *weights.arrays())
 
     advance_in_groups(batch.streams, horizon, model.arch.N, len(unit), threads, advance)
     return out
