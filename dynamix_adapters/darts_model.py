@@ -293,7 +293,7 @@ class DynaMixModel(LocalForecastingModel):
                     values[i] = paths[:, :, k, :].transpose(1, 2, 0)
             for k, i in enumerate(members):
                 selections[i] = chosen[k].record()
-        # What "auto" chose for each series of the latest predict (selection.py): preprocessing, nonstationary.
+        # What "auto" chose per series of the latest predict (transforms/selection.py): preprocessing, nonstationary.
         self.selections_ = selections
         return [self._build_forecast_series(v, input_series=s) for v, s in zip(values, inputs, strict=True)]
 

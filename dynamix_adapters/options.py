@@ -16,7 +16,7 @@ from .transforms.preprocessing import check_preprocessing
 
 POINT_FORECASTS = ("path", "median", "mean")
 DIVERGENCE_POLICIES = ("raise", "nan")
-# Chosen per series by in-context validation (selection.py), which also calibrates the spread.
+# Chosen per series by in-context validation (transforms/selection.py), which also calibrates the spread.
 AUTO = "auto"
 
 

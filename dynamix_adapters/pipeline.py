@@ -5,14 +5,14 @@ One forecast call flows one way::
     context (T, N) | (T, S, N) | list of (T_s, N)
       -> input transform   series list, checked and trimmed to ``context_length``
       -> units             each series, or each dim of a series wider than the model (ForecastUnits)
-      -> select            "auto" options: each unit's setting by in-context validation (selection.py)
+      -> select            "auto" options: each unit's setting by in-context validation (transforms/selection.py)
       -> encode            one BatchEncoding of all units (trend, scaler, embedding), as arrays
       -> RolloutBatch      left-padded contexts, starts (calibrated units: perturbed per path,
-                           calibration.py), per-trajectory noise stream keys
+                           transforms/calibration.py), per-trajectory noise stream keys
       -> rollout           (H, B, N) in model space, on the numba or torch backend
       -> decode            the BatchEncoding inverts each unit's own transforms, for all at once
       -> calibrate         validated units: spread matched to the validation error on the
-                           validated horizon, the model's own beyond (calibration.py)
+                           validated horizon, the model's own beyond (transforms/calibration.py)
       -> output transform  (P, H, [S,] N) in the caller's layout
 
 Random draws come from streams keyed by (seed, series content, path), so a series gets
@@ -30,7 +30,6 @@ from numbers import Integral
 import numpy as np
 import torch
 
-from .calibration import perturbed_starts
 from .model import DynaMix
 from .options import AUTO, ForecastOptions
 from .rollout import (
@@ -45,9 +44,10 @@ from .rollout import (
     seed_entropy,
     stream_keys,
 )
-from .selection import Selection, select
+from .transforms.calibration import perturbed_starts
 from .transforms.encoding import BatchEncoding
 from .transforms.preprocessing import EMBEDDINGS, min_context_length
+from .transforms.selection import Selection, select
 from .weights import load_model
 
 DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -164,7 +164,7 @@ class DynaMixPipeline:
     def choose_settings(self, context) -> list[Selection]:
         """What "auto" picks for each series of ``context``, without forecasting (any horizon gets the same).
 
-        One :class:`~dynamix_adapters.selection.Selection` per series (``record()`` gives
+        One :class:`~dynamix_adapters.transforms.selection.Selection` per series (``record()`` gives
         preprocessing, nonstationary, validation windows and MASE as plain data); with explicit
         options, those options. Pass the list as ``settings`` to the forecast methods on the
         same context to forecast with these choices without validating again.
@@ -274,7 +274,7 @@ class DynaMixPipeline:
 
     @staticmethod
     def _calibrate(paths: np.ndarray, series: list[np.ndarray], choices: list[Selection]) -> np.ndarray:
-        """paths (P, H, U, d): each validated unit's spread matched to its validation error (calibration.py)."""
+        """paths (P, H, U, d): validated units: spread matched to the validation error (transforms/calibration.py)."""
         for u, (x, choice) in enumerate(zip(series, choices, strict=True)):
             if choice.spread is not None:
                 paths[:, :, u] = choice.spread.match(paths[:, :, u], x.std(axis=0))

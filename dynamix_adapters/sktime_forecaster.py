@@ -143,7 +143,7 @@ class DynaMixForecaster(BaseForecaster):
         self._check_lengths(self._instances, self._series)
         self.model_name_ = str(self.model or DEFAULT_MODEL)
         self.n_parameters_ = net.parameter_count()
-        # What "auto" chose per series (selection.py); predict chooses the same for any horizon.
+        # What "auto" chose per series (transforms/selection.py); predict chooses the same for any horizon.
         self.selection_ = [choice.record() for choice in self._pipeline.choose_settings(self._contexts())]
         self.preprocessing_, self.nonstationary_ = _per_series(self.selection_, self._instances is None)
         chosen = {record["preprocessing"] for record in self.selection_}

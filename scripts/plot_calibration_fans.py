@@ -18,9 +18,9 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from dynamix_adapters.calibration import FADE_SPANS, MATCHED_SPANS
 from dynamix_adapters.pipeline import DynaMixPipeline
 from dynamix_adapters.plotting import plot_forecast
+from dynamix_adapters.transforms.calibration import FADE_SPANS, MATCHED_SPANS
 
 DATA = Path(os.environ.get("DYNAMIX_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared")) / "data"
 SHOWN_CONTEXT = 200

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dynamix_adapters.calibration import (
+from dynamix_adapters.metrics import state_space_divergence
+from dynamix_adapters.pipeline import DynaMixPipeline
+from dynamix_adapters.transforms.calibration import (
     FADE_SPANS,
     MATCHED_SPANS,
     Spread,
@@ -13,8 +15,6 @@ from dynamix_adapters.calibration import (
     start_perturbations,
     start_sensitivity,
 )
-from dynamix_adapters.metrics import state_space_divergence
-from dynamix_adapters.pipeline import DynaMixPipeline
 from dynamix_adapters.transforms.encoding import BatchEncoding
 
 FIXED = {"preprocessing": "pos_embedding", "nonstationary": False}

@@ -84,7 +84,7 @@ def test_any_number_of_dims_and_lengths():
 
 def test_auto_options_train_every_setting_a_forecast_may_choose():
     """With "auto", a forecast may pick any candidate: every series is encoded with each of them."""
-    from dynamix_adapters.selection import candidates
+    from dynamix_adapters.transforms.selection import candidates
 
     pipeline = tiny_pipeline()
     pairs = candidates(pipeline.options, 1, 3, stationary_only=False)

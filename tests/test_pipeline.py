@@ -14,7 +14,7 @@ import dynamix_adapters.pipeline as pipeline_module
 from dynamix_adapters.options import ForecastOptions
 from dynamix_adapters.panel import LongFormat, forecast_long
 from dynamix_adapters.pipeline import DynaMixPipeline
-from dynamix_adapters.selection import Selection
+from dynamix_adapters.transforms.selection import Selection
 from dynamix_adapters.weights import load_model
 
 THREADS = 8
@@ -110,7 +110,7 @@ def test_no_attribute_of_the_pipeline_changes_during_a_forecast_call(shared_pipe
 
 
 def test_settings_reach_the_caller_and_skip_a_second_validation(shared_pipeline, monkeypatch):
-    from dynamix_adapters import selection
+    from dynamix_adapters.transforms import selection
 
     context = [_series(3, 90), _series(4, 70)]
     chosen = shared_pipeline.choose_settings(context)

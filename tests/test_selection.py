@@ -7,12 +7,12 @@ import inspect
 import numpy as np
 import pytest
 
-from dynamix_adapters import selection
-from dynamix_adapters.calibration import Spread, robust_spread
 from dynamix_adapters.options import ForecastOptions
 from dynamix_adapters.pipeline import DynaMixPipeline
 from dynamix_adapters.rollout import rollout, seed_entropy
 from dynamix_adapters.systems import lorenz63_trajectory
+from dynamix_adapters.transforms import selection
+from dynamix_adapters.transforms.calibration import Spread, robust_spread
 from dynamix_adapters.transforms.encoding import BatchEncoding
 
 FIXED = {"preprocessing": "pos_embedding", "nonstationary": False}

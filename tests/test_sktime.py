@@ -170,7 +170,7 @@ def test_intervals_widen_with_the_horizon_on_a_chaotic_series(official, lorenz):
     # Calibrated (the default): the first step's width is the measured one-step error, not ~0.
     assert (late > 1.5 * first).all(), (first, late)
     # On the validated horizon (16 steps here, matched for 32) the width follows the growing validation
-    # error; past it, the ensemble's own spread, which breathes with the flow (calibration.py).
+    # error; past it, the ensemble's own spread, which breathes with the flow (transforms/calibration.py).
     matched = width.iloc[:32]
     trend = [np.corrcoef(np.arange(len(matched)), matched[column])[0, 1] for column in width.columns]
     assert min(trend) > 0.5, trend

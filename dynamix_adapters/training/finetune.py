@@ -49,9 +49,9 @@ from ..model import DynaMix
 from ..pipeline import DynaMixPipeline, ForecastUnits, SeriesInput
 from ..rollout import seed_entropy
 from ..rollout.dispatch import EXPLOSION_FACTOR
-from ..selection import candidates
 from ..transforms.encoding import BatchEncoding
 from ..transforms.preprocessing import min_context_length
+from ..transforms.selection import candidates
 from ..weights import save_model
 from .reference import rollout_loss, rollout_predictions
 from .trainer import FROZEN, TrainingConfig, batch_from_windows, clip_per_array, compute_gradients, floor_temperatures

@@ -28,11 +28,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..options import AUTO, ForecastOptions
+from ..rollout import content_key, diverged_steps, rollout
 from .calibration import Spread
-from .options import AUTO, ForecastOptions
-from .rollout import content_key, diverged_steps, rollout
-from .transforms.encoding import BatchEncoding
-from .transforms.preprocessing import EMBEDDINGS, min_context_length
+from .encoding import BatchEncoding
+from .preprocessing import EMBEDDINGS, min_context_length
 
 VALIDATION_WINDOWS = 3
 # One path per candidate and window: the error then also holds the paths' own noise, which the

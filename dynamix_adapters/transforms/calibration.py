@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .transforms.encoding import BatchEncoding
+from .encoding import BatchEncoding
 
 SATURATION = np.sqrt(2.0)
 SPREAD_FLOOR = 1e-9
