@@ -13,7 +13,7 @@ Two parts, one thread:
   the median wQL and MASE over windows.
 - ``cost``: seconds of a default ``predict_quantiles`` (100 paths, horizon 18) on trending
   seasonal series, and of the same forecast from the chosen settings with and without the
-  calibration (the chosen ``Selection`` with ``spread=None``), both after the trend fits are
+  calibration (the chosen ``Selection`` with ``validation_errors=None``), both after the trend fits are
   cached: the calibration's share of a default forecast.
 
     DYNAMIX_MODEL_DIR=../shared/models python benchmarks/bench_calibration.py attractor
@@ -132,7 +132,7 @@ def cost(weights: str, lengths: list[int], horizon: int, repeats: int) -> pd.Dat
             before = time.perf_counter()
             pipeline.predict_quantiles(x, horizon, settings=settings)
             calibrated = time.perf_counter()
-            pipeline.predict_quantiles(x, horizon, settings=[replace(s, spread=None) for s in settings])
+            pipeline.predict_quantiles(x, horizon, settings=[replace(s, validation_errors=None) for s in settings])
             uncalibrated = time.perf_counter()
             if repeat:
                 timings["default forecast"].append(default - started)

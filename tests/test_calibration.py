@@ -80,3 +80,18 @@ def test_default_sample_paths_keep_the_attractor(weights, official_path, shared_
     d_default = np.median([state_space_divergence(truth, path) for path in default])
     d_fixed = np.median([state_space_divergence(truth, path) for path in fixed])
     assert d_default <= 1.25 * d_fixed, (d_default, d_fixed)
+
+
+def test_a_point_forecast_fits_no_spread_and_sample_paths_fit_it_once(monkeypatch):
+    """The spread only shapes sample paths: a default point forecast never fits it; intervals fit it per unit."""
+    x = np.sin(np.arange(300) / 7.0)[:, None] + 0.01 * np.arange(300)[:, None]
+    pipeline = DynaMixPipeline.from_pretrained(None, random_state=0)
+    fits = []
+    real = Spread.fit
+    monkeypatch.setattr(Spread, "fit", classmethod(lambda cls, *a, **k: fits.append(1) or real(*a, **k)))
+    settings = pipeline.choose_settings(x)
+    pipeline.predict(x, 12, settings=settings)
+    assert fits == [] and settings[0].validation_errors is not None
+    pipeline.predict_quantiles(x, 12, settings=settings)
+    pipeline.predict_quantiles(x, 24, settings=settings)
+    assert fits == [1] and settings[0].spread is not None

@@ -24,6 +24,7 @@ step (:mod:`.calibration`).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -70,6 +71,9 @@ class Selection:
     ``errors`` maps each candidate (``"pos_embedding"``, ``"pos_embedding + nonstationary"``,
     ...) to its validation MASE (inf: diverged). ``windows`` is 0 when the context was too
     short to validate: the defaults (``pos_embedding``, stationary) are used, uncalibrated.
+    ``validation_errors`` (windows, step, D) are the chosen candidate's standardized errors,
+    from which ``spread`` is fitted when sample paths first need it (a point forecast never
+    does); None leaves the sample paths uncalibrated.
     """
 
     preprocessing: str
@@ -78,9 +82,16 @@ class Selection:
     windows: int = 0
     validation_horizon: int = 0
     errors: dict[str, float] = field(default_factory=dict)
-    spread: Spread | None = None
+    validation_errors: np.ndarray | None = field(default=None, compare=False, repr=False)
     key: int | None = None  # content key of the context it was chosen on; None for explicit options
     dims: tuple[Selection, ...] = ()  # a series forecast dim by dim: each dim's own Selection
+
+    @functools.cached_property
+    def spread(self) -> Spread | None:
+        """The calibration's error scale per horizon step; None: uncalibrated."""
+        if self.validation_errors is None:
+            return None
+        return Spread.fit(self.validation_errors, stationary=not self.nonstationary)
 
     @classmethod
     def per_dim(cls, dims: list[Selection]) -> Selection:
@@ -294,7 +305,7 @@ def _choose(plan: _Plan, result: tuple[np.ndarray, np.ndarray], embedding: str |
         windows=len(plan.cuts),
         validation_horizon=plan.step,
         errors={_label(*pair): float(m) for pair, m in zip(plan.pairs, mean, strict=True)},
-        spread=Spread.fit(errors[best], stationary=not flag),
+        validation_errors=errors[best].copy(),  # not a view: the other candidates' errors are dropped
         key=key,
     )
 
