@@ -44,7 +44,7 @@ from .rollout import (
     seed_entropy,
     stream_keys,
 )
-from .transforms.calibration import perturbed_starts
+from .transforms.calibration import match_spreads, perturbed_starts
 from .transforms.encoding import BatchEncoding
 from .transforms.preprocessing import EMBEDDINGS, min_context_length
 from .transforms.selection import Selection, select
@@ -260,24 +260,18 @@ class DynaMixPipeline:
             starts=None if units.starts[0] is None else np.stack(units.starts),
         )
         batch = self._batch(encoding, units.labels, n_paths, entropy)
-        if n_paths > 1:
-            spreads = [choice.spread for choice in choices]
-            batch = replace(batch, x0=perturbed_starts(batch.x0, encoding, spreads, units.series, entropy))
+        spreads = [choice.spread for choice in choices] if n_paths > 1 else [None] * len(choices)
+        calibrated = any(spread is not None for spread in spreads)
+        if calibrated:
+            context_std = np.stack([x.std(axis=0) for x in units.series])  # (U, d), each series' own reduction
+            batch = replace(batch, x0=perturbed_starts(batch.x0, encoding, spreads, context_std, entropy))
         observed = rollout(self.model, batch, horizon, self.backend)  # (H, P*U, N)
         diverged = self._diverged_units(observed, batch)
         paths = encoding.decode(observed.reshape(horizon, n_paths, -1, self.model.arch.N))  # (P, H, U, d)
         paths[:, :, diverged] = np.nan
         self._check_overflow(paths, units.labels, diverged, any(choice.nonstationary for choice in choices))
-        if n_paths > 1:
-            paths = self._calibrate(paths, units.series, choices)
-        return paths
-
-    @staticmethod
-    def _calibrate(paths: np.ndarray, series: list[np.ndarray], choices: list[Selection]) -> np.ndarray:
-        """paths (P, H, U, d): validated units: spread matched to the validation error (transforms/calibration.py)."""
-        for u, (x, choice) in enumerate(zip(series, choices, strict=True)):
-            if choice.spread is not None:
-                paths[:, :, u] = choice.spread.match(paths[:, :, u], x.std(axis=0))
+        if calibrated:
+            paths = match_spreads(paths, spreads, context_std)
         return paths
 
     def _diverged_units(self, observed: np.ndarray, batch: RolloutBatch) -> list[int]:

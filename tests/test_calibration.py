@@ -11,8 +11,10 @@ from dynamix_adapters.transforms.calibration import (
     FADE_SPANS,
     MATCHED_SPANS,
     Spread,
+    match_spreads,
+    perturbed_starts,
     robust_spread,
-    start_perturbations,
+    start_offsets,
     start_sensitivity,
 )
 from dynamix_adapters.transforms.encoding import BatchEncoding
@@ -27,7 +29,7 @@ def _spread(horizon: int = 5) -> Spread:
 def test_the_spread_is_matched_on_the_validated_horizon_and_the_paths_are_left_alone_past_it():
     spread = _spread()
     paths = np.random.default_rng(0).standard_normal((500, 40, 1)).cumsum(axis=1)
-    matched = spread.match(paths, np.array([3.0]))
+    matched = match_spreads(paths[:, :, None].copy(), [spread], np.array([[3.0]]))[:, :, 0]
     own = robust_spread(matched - np.median(matched, axis=0))[:, 0]
     inside = MATCHED_SPANS * spread.horizon
     np.testing.assert_allclose(own[:inside], 3.0 * spread.sigma(inside)[:, 0], rtol=1e-9)
@@ -40,8 +42,9 @@ def test_the_spread_is_matched_on_the_validated_horizon_and_the_paths_are_left_a
 def test_start_perturbations_have_the_one_step_error_in_data_scale():
     x = 50 + 4 * np.sin(np.arange(200) / 3)[:, None]
     encoding = BatchEncoding.fit([x], ["pos_embedding"], [True], standardize=True, model_dims=3, entropy=0)
-    sensitivity = start_sensitivity(encoding)[0]
-    offsets = start_perturbations(_spread(), sensitivity, x.std(axis=0), 20_000, np.random.default_rng(0))
+    sensitivity = start_sensitivity(encoding)
+    normals = np.random.default_rng(0).standard_normal((20_000, 1, 1))
+    offsets = start_offsets(_spread().sigma(1)[0] * x.std(axis=0)[None], sensitivity, normals)[:, 0]
     start = encoding.starts[0]
     moved = np.tile(start, (len(offsets), 1))
     moved[:, :1] += offsets
@@ -54,13 +57,7 @@ def test_start_perturbations_have_the_one_step_error_in_data_scale():
 def test_a_constant_dim_gets_no_perturbation():
     x = np.column_stack([np.sin(np.arange(100) / 3), np.full(100, 7.0)])
     encoding = BatchEncoding.fit([x], ["pos_embedding"], [False], standardize=True, model_dims=3, entropy=0)
-    offsets = start_perturbations(
-        Spread(np.array([0.2, 0.2]), np.array([0.5, 0.5]), True, 5),
-        start_sensitivity(encoding)[0],
-        x.std(axis=0),
-        10,
-        np.random.default_rng(0),
-    )
+    offsets = start_offsets(0.2 * x.std(axis=0)[None], start_sensitivity(encoding), np.ones((10, 1, 2)))[:, 0]
     assert np.all(offsets[:, 0] != 0) and np.all(offsets[:, 1] == 0)
 
 
@@ -95,3 +92,28 @@ def test_a_point_forecast_fits_no_spread_and_sample_paths_fit_it_once(monkeypatc
     pipeline.predict_quantiles(x, 12, settings=settings)
     pipeline.predict_quantiles(x, 24, settings=settings)
     assert fits == [1] and settings[0].spread is not None
+
+
+def test_calibration_treats_each_unit_alone():
+    """Start offsets and matched spreads of a unit are the same bit for bit alone and beside others."""
+    rng = np.random.default_rng(4)
+    series = [
+        np.sin(np.arange(80 + 7 * k) / (3 + k))[:, None] + 0.05 * rng.standard_normal((80 + 7 * k, 1)) for k in range(5)
+    ]
+    spreads = [_spread(4), None, Spread(np.array([0.1]), np.array([0.3]), False, 6), _spread(2), _spread(5)]
+    std = np.stack([x.std(axis=0) for x in series])
+    fit = dict(standardize=True, model_dims=3, entropy=9)
+    together = BatchEncoding.fit(series, ["pos_embedding"] * 5, [False, False, True, False, False], **fit)
+    x0 = np.tile(together.starts, (7, 1))
+    starts = perturbed_starts(x0, together, spreads, std, 9).reshape(7, 5, 3)
+    paths = rng.standard_normal((7, 30, 5, 1)).cumsum(axis=1)
+    matched = match_spreads(paths.copy(), spreads, std)
+    for u in (0, 2, 3):
+        alone = BatchEncoding.fit([series[u]], ["pos_embedding"], [u == 2], **fit)
+        start = perturbed_starts(np.tile(alone.starts, (7, 1)), alone, [spreads[u]], std[u : u + 1], 9)
+        np.testing.assert_array_equal(start, starts[:, u])
+        np.testing.assert_array_equal(
+            match_spreads(paths[:, :, u : u + 1].copy(), [spreads[u]], std[u : u + 1]), matched[:, :, u : u + 1]
+        )
+    np.testing.assert_array_equal(starts[:, 1], np.tile(together.starts[1], (7, 1)))  # uncalibrated: unperturbed
+    np.testing.assert_array_equal(matched[:, :, 1], paths[:, :, 1])

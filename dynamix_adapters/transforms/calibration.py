@@ -11,12 +11,13 @@ independent of the truth.
 
 The spread then comes from the model's own dynamics, as in an ensemble weather forecast:
 
-1. **Perturbed initial states** (``start_perturbations``). Each sample path starts from
+1. **Perturbed initial states** (``perturbed_starts``). Each sample path starts from
    the last observation plus Gaussian noise of the one-step validation error ``sigma(1)``,
-   mapped into the model's space. Every path is then an unaltered trajectory of the model:
+   mapped into the model's space, drawn from the counter-based streams of
+   :mod:`..rollout.noise` (no generator object per series). Every path is then an unaltered trajectory of the model:
    on a chaotic system the perturbations grow as the system's own divergence makes them
    grow and saturate at the attractor's width; on a contracting one they die out.
-2. **Spread matched on the validated horizon** (``Spread.match``). Where the ensemble's
+2. **Spread matched on the validated horizon** (``match_spreads``, all units at once). Where the ensemble's
    spread around its median differs from ``sigma(h)``, each path's deviation from the
    median is scaled by ``sigma(h) / spread(h)`` for the first ``MATCHED_SPANS``
    validation horizons (the spread measured robustly, ``robust_spread``); over the next
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..rollout.noise import standard_normals, stream_keys
 from .encoding import BatchEncoding
 
 SATURATION = np.sqrt(2.0)
@@ -49,6 +51,9 @@ MATCHED_SPANS = 2
 FADE_SPANS = 2
 # Model-space step for the finite-difference sensitivity of the decoded forecast to the start.
 SENSITIVITY_STEP = 1e-3
+# The start perturbations' streams: path p of a unit draws from stream START_STREAMS + p, far from the rollout's
+# paths (1, 2, ...) and the encoding's (0).
+START_STREAMS = 2**40
 
 
 @dataclass(frozen=True)
@@ -93,45 +98,41 @@ class Spread:
         matched, fade = MATCHED_SPANS * self.horizon, FADE_SPANS * self.horizon
         return np.clip((matched + fade - steps) / fade, 0.0, 1.0)
 
-    def match(self, paths: np.ndarray, context_std: np.ndarray) -> np.ndarray:
-        """paths (P, H, D) in data scale -> the same paths, spread sigma(h) * context_std around their median.
 
-        Only on the matched horizon (``weight``); past it the paths are returned unchanged.
-        """
-        horizon = paths.shape[1]
-        target = self.sigma(horizon) * np.where(context_std > 0, context_std, 0.0)  # (H, D)
-        center = np.median(paths, axis=0)
-        deviation = paths - center
-        own = robust_spread(deviation)  # (H, D)
-        # Paths that all coincide (a constant dim) have no shape to scale: left as they are.
-        factor = np.where(own > SPREAD_FLOOR * np.maximum(target, 1.0), target / np.maximum(own, SPREAD_FLOOR), 1.0)
-        weight = self.weight(horizon)
-        # Past the hand-over the paths are returned as they are, bit for bit.
-        return np.where(weight > 0, center + deviation * (1.0 + weight * (factor - 1.0)), paths)
+def match_spreads(paths: np.ndarray, spreads: list, context_std: np.ndarray) -> np.ndarray:
+    """paths (P, H, U, D) in data scale -> the same paths, each unit's spread sigma(h) * context_std around the median.
+
+    ``spreads`` (U,) holds each unit's Spread, or None to leave its paths as they are;
+    ``context_std`` (U, D). Only on each unit's matched horizon (``Spread.weight``); past it
+    the paths are left bit for bit. Every operation is elementwise or a median over the
+    paths, so a unit's result does not depend on the other units. Writes into ``paths``.
+    """
+    calibrated = [u for u, spread in enumerate(spreads) if spread is not None]
+    if not calibrated:
+        return paths
+    horizon = paths.shape[1]
+    sigma = np.stack([spreads[u].sigma(horizon) for u in calibrated], axis=1)  # (H, C, D)
+    weight = np.stack([spreads[u].weight(horizon) for u in calibrated], axis=1)  # (H, C, 1)
+    std = context_std[calibrated]
+    target = sigma * np.where(std > 0, std, 0.0)  # (H, C, D)
+    chosen = paths[:, :, calibrated]  # (P, H, C, D)
+    center = np.median(chosen, axis=0)
+    deviation = chosen - center
+    own = robust_spread(deviation)
+    # Paths that all coincide (a constant dim) have no shape to scale: left as they are.
+    factor = np.where(own > SPREAD_FLOOR * np.maximum(target, 1.0), target / np.maximum(own, SPREAD_FLOOR), 1.0)
+    paths[:, :, calibrated] = np.where(weight > 0, center + deviation * (1.0 + weight * (factor - 1.0)), chosen)
+    return paths
 
 
 def robust_spread(deviation: np.ndarray) -> np.ndarray:
-    """(H, D) spread of deviations (P, H, D) as a Gaussian's standard deviation with the same median |deviation|.
+    """(H, ...) spread of deviations (P, H, ...) as a Gaussian's standard deviation with the same median |deviation|.
 
     The ensemble's tails are heavier than a Gaussian's: matching its standard deviation to
     sigma(h) left the central intervals too narrow (Track B, bundled weights: 80% coverage
     0.805 and median wQL 0.110, against 0.834 and 0.109 matched this way).
     """
     return MAD_TO_STD * np.median(np.abs(deviation), axis=0)
-
-
-def start_perturbations(
-    spread: Spread, sensitivity: np.ndarray, context_std: np.ndarray, n_paths: int, rng: np.random.Generator
-) -> np.ndarray:
-    """(n_paths, D) model-space offsets of the start: one-step validation error sigma(1), per dim.
-
-    ``sensitivity`` (D,) is the data-scale change of the first forecast step per unit change
-    of the start in model space; dims that do not move (constant) get no offset.
-    """
-    scale = spread.sigma(1)[0] * context_std  # (D,) data scale
-    ok = np.isfinite(sensitivity) & (np.abs(sensitivity) > SPREAD_FLOOR)
-    model_scale = np.where(ok, scale / np.where(ok, np.abs(sensitivity), 1.0), 0.0)
-    return rng.standard_normal((n_paths, len(scale))) * model_scale
 
 
 def start_sensitivity(encoding: BatchEncoding) -> np.ndarray:
@@ -148,25 +149,39 @@ def start_sensitivity(encoding: BatchEncoding) -> np.ndarray:
         return (np.diagonal(decoded[1:], axis1=0, axis2=2) - decoded[0]) / SENSITIVITY_STEP
 
 
+def start_offsets(data_scale: np.ndarray, sensitivity: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """(P, U, D) model-space offsets of the starts: ``normals`` (P, U, D) times the one-step error in model space.
+
+    ``data_scale`` (U, D) is the one-step validation error sigma(1) times the context's standard
+    deviation; ``sensitivity`` (U, D) the data-scale change of the first forecast step per unit
+    change of the start in model space. Dims that do not move (constant) get no offset.
+    """
+    ok = np.isfinite(sensitivity) & (np.abs(sensitivity) > SPREAD_FLOOR)
+    model_scale = np.where(ok, data_scale / np.where(ok, np.abs(sensitivity), 1.0), 0.0)
+    return normals * model_scale
+
+
 def perturbed_starts(
-    x0: np.ndarray, encoding: BatchEncoding, spreads: list, series: list[np.ndarray], entropy: int
+    x0: np.ndarray, encoding: BatchEncoding, spreads: list, context_std: np.ndarray, entropy: int
 ) -> np.ndarray:
     """x0 (P*U, N) path-major starts of the encoding's U units -> each calibrated unit's paths perturbed.
 
-    ``spreads`` (U,) holds each unit's Spread, or None to leave its paths at the observed start.
-    Offsets come from a stream keyed by the seed and the unit's values, like its gating noise,
-    so batching never changes them; path p gets the same offset whatever the number of paths.
+    ``spreads`` (U,) holds each unit's Spread, or None to leave its paths at the observed start;
+    ``context_std`` (U, D). The normals come from the counter-based streams of paths
+    ``START_STREAMS + p`` of each unit (keyed by the seed and the unit's values, like its
+    gating noise, but never one of its rollout paths' streams), so batching never changes
+    them and path p gets the same offset whatever the number of paths.
     """
-    n_units = len(encoding.keys)
-    n_paths = len(x0) // n_units
-    by_path = x0.reshape(n_paths, n_units, -1).copy()
-    if all(spread is None for spread in spreads):
+    calibrated = np.array([spread is not None for spread in spreads])
+    if not calibrated.any():
         return x0
-    sensitivity = start_sensitivity(encoding)  # (U, D)
-    for u, (spread, x) in enumerate(zip(spreads, series, strict=True)):
-        if spread is None:
-            continue
-        rng = np.random.default_rng([entropy, encoding.keys[u], 0, 2])
-        offsets = start_perturbations(spread, sensitivity[u], x.std(axis=0), n_paths, rng)
-        by_path[:, u, : offsets.shape[1]] += offsets.astype(by_path.dtype)
+    n_units, dims = len(encoding.keys), context_std.shape[1]
+    n_paths = len(x0) // n_units
+    one_step = np.zeros((n_units, dims))
+    one_step[calibrated] = np.stack([spread.sigma(1)[0] for spread in spreads if spread is not None])
+    keys = stream_keys(entropy, list(encoding.keys), n_paths, first_path=START_STREAMS)
+    normals = standard_normals(keys, 0, 1, dims).reshape(n_paths, n_units, dims)
+    offsets = start_offsets(one_step * context_std, start_sensitivity(encoding), normals)  # (P, U, D)
+    by_path = x0.reshape(n_paths, n_units, -1).copy()
+    by_path[:, :, :dims] += offsets.astype(by_path.dtype)
     return by_path.reshape(x0.shape)
