@@ -410,7 +410,13 @@ def _predict_stacked(pipeline, series: list[np.ndarray], names: list[str], horiz
 
 
 def forecast_chunks_parallel(
-    spec: ModelSpec, method: str, contexts: list[np.ndarray], horizon: int, names: list[str], parallel: dict
+    spec: ModelSpec,
+    method: str,
+    contexts: list[np.ndarray],
+    horizon: int,
+    names: list[str],
+    parallel: dict,
+    settings: list | None = None,
 ) -> np.ndarray:
     """``spec.pipeline().<method>(contexts, horizon)``, in chunks through sktime's ``parallelize``.
 
@@ -427,6 +433,9 @@ def forecast_chunks_parallel(
         Steps to forecast.
     parallel : dict
         sktime's ``backend`` ("dask", "loky", "ray", ...) and ``backend_params``.
+    settings : list of Selection, optional
+        What ``choose_settings`` returned for ``contexts``; they travel with their chunks, so
+        no worker validates again. None: each chunk chooses its own.
 
     Returns
     -------
@@ -435,17 +444,18 @@ def forecast_chunks_parallel(
     """
     from sktime.utils.parallel import parallelize
 
+    size = DEFAULT_BATCH_SIZE
     chunks = [
-        (contexts[first : first + DEFAULT_BATCH_SIZE], names[first : first + DEFAULT_BATCH_SIZE])
-        for first in range(0, len(contexts), DEFAULT_BATCH_SIZE)
+        (contexts[a : a + size], names[a : a + size], None if settings is None else settings[a : a + size])
+        for a in range(0, len(contexts), size)
     ]
     meta = {"spec": spec.seeded(), "method": method, "horizon": horizon}
     return np.concatenate(list(parallelize(_forecast_chunk, chunks, meta=meta, **parallel)), axis=-2)
 
 
-def _forecast_chunk(chunk: tuple[list[np.ndarray], list[str]], meta: dict) -> np.ndarray:
-    contexts, names = chunk
-    return getattr(meta["spec"].pipeline(), meta["method"])(contexts, meta["horizon"], names=names)
+def _forecast_chunk(chunk: tuple[list[np.ndarray], list[str], list | None], meta: dict) -> np.ndarray:
+    contexts, names, settings = chunk
+    return getattr(meta["spec"].pipeline(), meta["method"])(contexts, meta["horizon"], names=names, settings=settings)
 
 
 def _quantile_level(level) -> float:

@@ -143,12 +143,23 @@ class DynaMixForecaster(BaseForecaster):
         self._check_lengths(self._instances, self._series)
         self.model_name_ = str(self.model or DEFAULT_MODEL)
         self.n_parameters_ = net.parameter_count()
-        # What "auto" chose per series (transforms/selection.py); predict chooses the same for any horizon.
-        self.selection_ = [choice.record() for choice in self._pipeline.choose_settings(self._contexts())]
+        self._choose_settings()
+        return self
+
+    def _choose_settings(self) -> None:
+        """Choose each stored series' "auto" settings (transforms/selection.py) once, for any horizon.
+
+        Every forecast until the next fit, update or pretrain reuses them, so a default
+        ``fit`` then ``predict`` validates once, not twice. Writes ``_settings`` and the
+        fitted parameters that report them.
+        """
+        pipeline = self._pipeline
+        self._settings = pipeline.choose_settings(self._contexts())
+        self.selection_ = [choice.record() for choice in self._settings]
         self.preprocessing_, self.nonstationary_ = _per_series(self.selection_, self._instances is None)
         chosen = {record["preprocessing"] for record in self.selection_}
-        self.embedding_ = _embedding_used(chosen.pop() if len(chosen) == 1 else "per series", y.shape[1], net.arch.N)
-        return self
+        embedding = chosen.pop() if len(chosen) == 1 else "per series"
+        self.embedding_ = _embedding_used(embedding, len(self._columns), pipeline.model.arch.N)
 
     @property
     def _pipeline(self) -> DynaMixPipeline:
@@ -192,6 +203,8 @@ class DynaMixForecaster(BaseForecaster):
         self.pretrained_model_ = result.model
         self.pretrain_summary_ = result.summary()
         self._loaded_pipeline = None  # the next use wraps the tuned weights
+        if getattr(self, "_series", None) is not None:  # already fitted: the tuned weights choose again
+            self._choose_settings()
         return self
 
     def _update(self, y, X=None, update_params=True):
@@ -212,6 +225,7 @@ class DynaMixForecaster(BaseForecaster):
         self._check_lengths(instances, series)
         self._instances, self._series = instances, series
         self._track_cutoffs()
+        self._choose_settings()  # the contexts changed: so may the choices
         return self
 
     def _update_predict_single(self, y, fh, X=None, update_params=True):
@@ -253,14 +267,18 @@ class DynaMixForecaster(BaseForecaster):
         backend = self.get_config()["backend:parallel"]
         # Fine-tuned weights live in this process only, so a pretrained forecaster forecasts here.
         if backend is None or self._instances is None or getattr(self, "pretrained_model_", None) is not None:
-            return getattr(self._pipeline, method)(self._contexts(), horizon, names=self._labels())
+            return getattr(self._pipeline, method)(
+                self._contexts(), horizon, names=self._labels(), settings=self._settings
+            )
         from .panel import ModelSpec, forecast_chunks_parallel
 
         # The workers load the weights by name through their own cache; only the name and options travel.
         options = ForecastOptions(**ForecastOptions.pick(self.get_params(deep=False)))
         parallel = {"backend": backend, "backend_params": self.get_config()["backend:parallel:params"]}
         spec = ModelSpec(self.model, options, device=self.device)
-        return forecast_chunks_parallel(spec, method, self._contexts(), horizon, self._labels(), parallel)
+        return forecast_chunks_parallel(
+            spec, method, self._contexts(), horizon, self._labels(), parallel, self._settings
+        )
 
     def _contexts(self) -> list[np.ndarray]:
         return [frame.to_numpy(dtype=np.float64) for frame in self._series]
@@ -274,7 +292,15 @@ class DynaMixForecaster(BaseForecaster):
     def _horizon(self, fh):
         """Steps ahead (S, F) of each series for fh, and the forecast index."""
         cutoffs = [self.cutoff] if self._instances is None else self._series_cutoffs
-        offsets = np.stack([fh.to_relative(cutoff).to_numpy() for cutoff in cutoffs]).astype(int)
+        # sktime's fh conversions cost ~0.4 ms each; series that end together share theirs, so they run once
+        # per distinct cutoff (a panel has one or a few), not once per series.
+        converted = {}
+        for cutoff in cutoffs:
+            key = (cutoff[0], getattr(cutoff, "freq", None))
+            if key not in converted:
+                converted[key] = (fh.to_relative(cutoff).to_numpy(), fh.to_absolute_index(cutoff))
+        per_series = [converted[(cutoff[0], getattr(cutoff, "freq", None))] for cutoff in cutoffs]
+        offsets = np.stack([relative for relative, _ in per_series]).astype(int)
         # sktime counts an integer fh in index units; the model counts observations.
         spacing = np.array(self._spacings)[:, None]
         if np.any(offsets % spacing):
@@ -284,7 +310,7 @@ class DynaMixForecaster(BaseForecaster):
                 f"index advances by {self._spacings[bad]} per observation, so count fh in multiples of that."
             )
         steps = offsets // spacing
-        times = [fh.to_absolute_index(cutoff) for cutoff in cutoffs]
+        times = [absolute for _, absolute in per_series]
         if self._instances is None:
             return steps, times[0]
         rows = [(*key, time) for key, series_times in zip(self._instances, times, strict=True) for time in series_times]
@@ -292,8 +318,8 @@ class DynaMixForecaster(BaseForecaster):
 
     def _frame(self, values: np.ndarray, steps: np.ndarray, index: pd.Index, columns) -> pd.DataFrame:
         """Pick each series' fh rows from values (H, S, ...) and stack them series after series."""
-        picked = [values[series_steps - 1, s] for s, series_steps in enumerate(steps)]
-        return pd.DataFrame(np.concatenate(picked).reshape(len(index), -1), index=index, columns=columns)
+        picked = values[steps - 1, np.arange(len(steps))[:, None]]  # (S, F, ...): series s at its own steps
+        return pd.DataFrame(picked.reshape(len(index), -1), index=index, columns=columns)
 
     def _track_cutoffs(self) -> None:
         """Each panel series forecasts from its own last observation, as when sktime loops over a panel.

@@ -334,6 +334,31 @@ def test_update_predict_matches_refitting(tiny):
         pd.testing.assert_series_equal(a, b)
 
 
+def test_fit_validates_once_for_every_forecast_and_update_chooses_again(tiny, monkeypatch):
+    """The default path: fit chooses the "auto" settings, predict and intervals reuse them; an update re-chooses."""
+    from dynamix_adapters.transforms import selection
+
+    calls = []
+    real = selection._validate
+    monkeypatch.setattr(selection, "_validate", lambda *a: calls.append(1) or real(*a))
+    y = sine(120, index=pd.date_range("2020-01-01", periods=120, freq="D"))
+    forecaster = tiny().fit(y.iloc[:100])
+    assert len(calls) == 1
+    point = forecaster.predict(fh=[1, 2, 3])
+    forecaster.predict_interval(fh=[1, 2, 3])
+    forecaster.predict_quantiles(fh=[1, 2, 3], alpha=[0.1, 0.9])
+    forecaster.predict_var(fh=[1, 2, 3])
+    assert len(calls) == 1
+    # The same forecast as a pipeline that validates on its own, with the same seed.
+    own = forecaster._pipeline.predict(forecaster._contexts(), 3)
+    np.testing.assert_array_equal(point.to_numpy(), own[:, 0, 0])
+    assert len(calls) == 2
+    forecaster.update(y.iloc[100:])
+    assert len(calls) == 3
+    pd.testing.assert_series_equal(forecaster.predict(fh=[1, 2]), tiny().fit(y).predict(fh=[1, 2]))
+    assert len(calls) == 4  # the fresh fit above, and nothing for either predict
+
+
 # --- fitted params ---------------------------------------------------------------------------------------------------
 
 
