@@ -13,8 +13,11 @@ everywhere (numba, torch, BLAS), official weights. Rows, per series, in CPU micr
   "auto" (the batched kernel for a panel of 16 series or more: the compiled kernels agree bit
   for bit), and the same with ``backend="numba"`` (the per-series kernel);
 - the batched kernel alone on the standardized windows: the floor everything else adds to;
-- defaults (``DynaMixForecaster()``/``forecast()`` with nothing set: "auto" preprocessing
-  and non-stationarity, selected per series by in-context validation);
+- defaults (``forecast()`` with nothing set: "auto" preprocessing and non-stationarity,
+  selected per series by in-context validation);
+- the same two settings through sktime, as a user writes them (``DynaMixForecaster(...).fit(y)
+  .predict(fh)`` on a pd-multiindex panel: sktime's input checks, the adapter, the pipeline),
+  where sktime is installed;
 - statsforecast AutoETS and AutoARIMA on the same series, where statsforecast is installed.
 
 Slow rows (defaults, statsforecast) run on the first ``--slow-series``
@@ -139,6 +142,31 @@ def statsforecast_rows(panel: np.ndarray, horizon: int) -> list[Row]:
     return rows
 
 
+def sktime_rows(weights: str, panel: np.ndarray, slow: np.ndarray, horizon: int) -> list[Row]:
+    """The forecasts as a user writes them: ``DynaMixForecaster(...).fit(y).predict(fh)`` on a pd-multiindex panel."""
+    if importlib.util.find_spec("sktime") is None:
+        print("sktime is not installed: its rows are left out (pip install 'dynamix-adapters[sktime]').")
+        return []
+    import pandas as pd
+
+    from dynamix_adapters import DynaMixForecaster
+
+    def frame(values: np.ndarray):
+        length, series = values.shape[:2]
+        index = pd.MultiIndex.from_product([range(series), pd.RangeIndex(length)], names=["id", "t"])
+        return pd.DataFrame({"x": values[:, :, 0].T.ravel()}, index=index)
+
+    fh = list(range(1, horizon + 1))
+    everything, first = frame(panel), frame(slow)
+    DynaMixForecaster(model=weights, random_state=SEED).fit(frame(panel[:, :2])).predict(fh=fh)  # warm-up
+    explicit = DynaMixForecaster(model=weights, random_state=SEED, **EXPLICIT)
+    defaults = DynaMixForecaster(model=weights, random_state=SEED)
+    return [
+        timed("sktime explicit: fit + predict", panel.shape[1], lambda: explicit.fit(everything).predict(fh=fh)),
+        timed("sktime defaults: fit + predict", slow.shape[1], lambda: defaults.fit(first).predict(fh=fh)),
+    ]
+
+
 def reference_row(args, model, panel: np.ndarray) -> Row:
     if args.reference_module is None:
         run = lambda: forecast(model, panel, args.horizon, random_state=SEED, backend="torch", **EXPLICIT)  # noqa: E731
@@ -180,6 +208,7 @@ def main(argv=None) -> None:
             ),
             timed("batched kernel alone", args.series, kernel_alone(model, panel, args.horizon), "no pipeline"),
             timed("defaults", args.slow_series, lambda: forecast(model, slow, args.horizon, random_state=SEED)),
+            *sktime_rows(args.model or "dynamix-3d-alrnn-v1.0", panel, slow, args.horizon),
             *statsforecast_rows(slow, args.horizon),
         ]
     print(f"\n{'':40}{'series':>8}{'us/series':>12}{'wall s':>9}{'vs reference':>14}  note")

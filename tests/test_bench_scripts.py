@@ -38,6 +38,7 @@ def test_bench_gpu_quick_prints_every_case_and_the_crossover():
 @pytest.mark.slow
 def test_bench_pipeline_quick_prints_the_rows_side_by_side_and_the_targets():
     out = run_quick("bench_pipeline.py")
-    for row in ("reference: torch backend", "explicit settings, backend auto", "batched kernel alone", "defaults"):
+    rows = ("reference: torch backend", "explicit settings, backend auto", "batched kernel alone", "defaults")
+    for row in (*rows, "sktime explicit: fit + predict", "sktime defaults: fit + predict"):
         assert row in out
     assert "defaults <= 3x the explicit cost" in out
