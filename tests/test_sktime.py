@@ -24,7 +24,7 @@ from sktime.transformations.series.boxcox import LogTransformer
 from sktime.transformations.series.detrend import Detrender
 
 import dynamix_adapters.pipeline
-from dynamix_adapters import DivergenceError, DivergenceWarning, DynaMixForecaster
+from dynamix_adapters import DivergenceError, DivergenceWarning, DynaMixForecaster, sktime_forecaster
 from dynamix_adapters.weights import tiny_test_checkpoint
 
 
@@ -357,6 +357,49 @@ def test_fit_validates_once_for_every_forecast_and_update_chooses_again(tiny, mo
     assert len(calls) == 3
     pd.testing.assert_series_equal(forecaster.predict(fh=[1, 2]), tiny().fit(y).predict(fh=[1, 2]))
     assert len(calls) == 4  # the fresh fit above, and nothing for either predict
+
+
+def _panels_of_every_layout() -> list[pd.DataFrame]:
+    rng = np.random.default_rng(0)
+    dates = pd.date_range("2020", periods=5, freq="D")
+    hierarchy = pd.MultiIndex.from_product([[1, 2], ["u", "v"], pd.RangeIndex(4)], names=["h", "id", "t"])
+    interleaved = pd.MultiIndex.from_tuples([(0, 1), (1, 1), (0, 2), (1, 2)], names=["id", "t"])
+    months = pd.MultiIndex.from_product([[0, 1], pd.period_range("2000", periods=3, freq="M")], names=["id", "t"])
+    uneven = pd.MultiIndex.from_tuples(
+        [("a", pd.Timestamp("2020-01-01")), ("a", pd.Timestamp("2020-01-02")), ("b", pd.Timestamp("2020-01-05"))],
+        names=["id", "t"],
+    )
+    return [
+        pd.DataFrame(
+            rng.standard_normal((15, 2)),
+            index=pd.MultiIndex.from_product([["b", "a", "c"], dates], names=["id", "t"]),
+            columns=["x", "y"],
+        ),
+        pd.DataFrame({"x": rng.standard_normal(16)}, index=hierarchy),
+        pd.DataFrame({"x": [1.0, 2, 3, 4]}, index=interleaved),  # an instance's rows not contiguous
+        pd.DataFrame({"x": [1, 2, 3, 4, 5, 6], "z": [1.0] * 6}, index=months),  # columns of two dtypes
+        pd.DataFrame({"x": np.arange(6.0)}, index=months),
+        pd.DataFrame({"x": np.arange(3.0)}, index=uneven),
+    ]
+
+
+@pytest.mark.parametrize("y", _panels_of_every_layout())
+def test_panel_split_and_forecast_index_match_pandas_groupby(y):
+    """The fast split equals groupby + droplevel (frequency included); the index builder equals one tuple per row."""
+    levels = list(range(y.index.nlevels - 1))
+    expected = [
+        (key if isinstance(key, tuple) else (key,), frame.droplevel(levels))
+        for key, frame in y.groupby(level=levels if len(levels) > 1 else 0, sort=False)
+    ]
+    keys, frames = sktime_forecaster._split_instances(y)
+    assert keys == [key for key, _ in expected]
+    for frame, (_, wanted) in zip(frames, expected, strict=True):
+        pd.testing.assert_frame_equal(frame, wanted)
+        assert getattr(frame.index, "freq", None) == getattr(wanted.index, "freq", None)
+    times = [frame.index[-2:] for frame in frames]
+    rows = [(*key, time) for key, series_times in zip(keys, times, strict=True) for time in series_times]
+    built = sktime_forecaster._panel_index(keys, times, list(y.index.names))
+    pd.testing.assert_index_equal(built, pd.MultiIndex.from_tuples(rows, names=list(y.index.names)), exact=True)
 
 
 # --- fitted params ---------------------------------------------------------------------------------------------------
