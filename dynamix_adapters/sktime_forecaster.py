@@ -411,10 +411,11 @@ def _split_instances(y: pd.DataFrame) -> tuple[list[tuple] | None, list[pd.DataF
         tuple(level[codes[start]] for level, codes in zip(y.index.levels[:-1], instance_codes, strict=True))
         for start in starts.tolist()
     ]
-    if len(set(keys)) == len(keys) and y.dtypes.nunique() == 1:
+    complete = all((codes >= 0).all() for codes in y.index.codes)  # no missing level value
+    if complete and len(set(keys)) == len(keys) and y.dtypes.nunique() == 1:
         # Each series' times as droplevel makes them (the time level taken at its codes: a regular
-        # range keeps its frequency), its values a view.
-        values, times, time_codes = y.to_numpy(), y.index.levels[-1], y.index.codes[-1]
+        # range keeps its frequency), its values a view of one copy (later edits of y change nothing).
+        values, times, time_codes = y.to_numpy(copy=True), y.index.levels[-1], y.index.codes[-1]
         bounds = zip(starts.tolist(), [*starts[1:].tolist(), len(y)], strict=True)
         frames = [
             pd.DataFrame(values[a:b], index=times.take(time_codes[a:b]), columns=y.columns, copy=False)

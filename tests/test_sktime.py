@@ -402,6 +402,14 @@ def test_panel_split_and_forecast_index_match_pandas_groupby(y):
     pd.testing.assert_index_equal(built, pd.MultiIndex.from_tuples(rows, names=list(y.index.names)), exact=True)
 
 
+def test_editing_y_after_fit_changes_no_forecast(tiny):
+    y = panel()
+    forecaster = tiny().fit(y)
+    before = forecaster.predict(fh=[1, 2])
+    y.iloc[:, 0] = 1e6  # in place, on the frame the forecaster was fitted on
+    pd.testing.assert_frame_equal(forecaster.predict(fh=[1, 2]), before)
+
+
 # --- fitted params ---------------------------------------------------------------------------------------------------
 
 
