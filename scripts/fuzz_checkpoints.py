@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from dynamix_adapters.checkpoint_fuzzing import (
+from dynamix_adapters.weights.fuzzing import (
     EXTREME_INT32,
     EXTREME_UINT64,
     JULIA_TYPE_NAMES,
@@ -49,7 +49,7 @@ from dynamix_adapters.checkpoint_fuzzing import (
     safetensors_bytes,
     safetensors_parts,
 )
-from dynamix_adapters.julia_checkpoint import read_bson
+from dynamix_adapters.weights.julia_checkpoint import read_bson
 from tests.conftest import make_tiny_model
 
 SHARED_MODELS = Path(os.environ.get("DYNAMIX_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared")) / "models"

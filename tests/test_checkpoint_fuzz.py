@@ -19,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynamix_adapters.checkpoint_fuzzing import (
+from dynamix_adapters.weights import CheckpointError, expected_shapes, load_model, save_model
+from dynamix_adapters.weights.fuzzing import (
     EXTREME_INT32,
     EXTREME_UINT64,
     JULIA_TYPE_NAMES,
@@ -36,8 +37,7 @@ from dynamix_adapters.checkpoint_fuzzing import (
     safetensors_bytes,
     safetensors_parts,
 )
-from dynamix_adapters.julia_checkpoint import MAX_ELEMENTS, MAX_FILE_BYTES, read_bson
-from dynamix_adapters.weights import CheckpointError, expected_shapes, load_model, save_model
+from dynamix_adapters.weights.julia_checkpoint import MAX_ELEMENTS, MAX_FILE_BYTES, read_bson
 
 from .conftest import make_tiny_model
 

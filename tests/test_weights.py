@@ -7,8 +7,8 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from dynamix_adapters import load_model, weights
-from dynamix_adapters.julia_checkpoint import CheckpointError, load_julia_checkpoint
 from dynamix_adapters.weights import OFFICIAL_MODEL, save_model
+from dynamix_adapters.weights.julia_checkpoint import CheckpointError, load_julia_checkpoint
 
 from .conftest import OFFICIAL_BSON, make_tiny_model, require_shared
 

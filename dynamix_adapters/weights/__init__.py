@@ -22,14 +22,14 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
+from ..model import Architecture, DynaMix
 from .julia_checkpoint import MAX_FILE_BYTES, CheckpointError, load_julia_checkpoint
-from .model import Architecture, DynaMix
 
 logger = logging.getLogger(__name__)
 
 MODEL_DIR_ENV = "DYNAMIX_MODEL_DIR"
 HF_REPO = "DurstewitzLab/dynamix"
-PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parent / "bundled_weights"
+PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parent / "bundled"
 SAFETENSORS_FLOAT_DTYPES = ("F16", "F32", "F64")
 MAX_EXPERTS = 4096
 

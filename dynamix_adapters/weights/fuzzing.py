@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import weights
-from .model import DynaMix
-from .weights import CheckpointError, load_model
+from .. import weights
+from ..model import DynaMix
+from . import CheckpointError, load_model
 
 # Length-like values that break readers: zero, off by one, negative, the int32 limits, huge.
 EXTREME_INT32 = (0, 1, 4, 5, -1, -5, 2**31 - 1, -(2**31), 2**24, 2**30)
@@ -75,7 +75,7 @@ def _julia_struct(name: list[str], fields: list) -> dict:
 
 
 def julia_document(model: DynaMix) -> dict:
-    """``model`` in the official Julia checkpoint layout (see dynamix_adapters.julia_checkpoint)."""
+    """``model`` in the official Julia checkpoint layout (see dynamix_adapters.weights.julia_checkpoint)."""
     state = {key: value.detach().numpy() for key, value in model.state_dict().items()}
     arch = model.arch
     experts = range(arch.J)
