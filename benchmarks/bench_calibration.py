@@ -81,7 +81,6 @@ def track_b(
     weight_sets: list[str], windows: int, n_samples: int, datasets: list[str] | None, seeds: list[int]
 ) -> pd.DataFrame:
     from dynamix_adapters.benchmark import real_world
-    from dynamix_adapters.sktime_forecaster import DynaMixForecaster
 
     variants = {
         name: params
@@ -94,12 +93,9 @@ def track_b(
         y = dataset.load()
         for model, params in variants.items():
             started = time.perf_counter()
-            for seed in seeds:
-                forecaster = DynaMixForecaster(**{**params, "random_state": seed})
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    records = real_world.evaluate_model(model, forecaster, dataset, y, windows)
-                rows.extend({**record, "seed": seed} for record in records)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                rows.extend(real_world.evaluate_over_seeds(model, params, dataset, y, windows, seeds))
             print(f"{model} on {name}, {len(seeds)} seeds: {time.perf_counter() - started:.1f} s", flush=True)
     return pd.DataFrame(rows)
 
@@ -108,9 +104,10 @@ def track_b_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Per weight set: each metric's median over forecast seeds of its per-seed value, and MASE's range.
 
     Per seed: coverage pooled over windows (the mean of the per-window coverages), median wQL and
-    MASE over windows. One seed's median MASE moves by up to 10% with the seed alone (the same
-    weights, 13 seeds: 0.94-1.22), so comparisons of a few percent need several seeds.
+    MASE over windows (``real_world.median_over_seeds``).
     """
+    from dynamix_adapters.benchmark import real_world
+
     by_seed = frame.groupby(["model", "seed"]).agg(
         coverage_80=("coverage_80", "mean"),
         coverage_95=("coverage_95", "mean"),
@@ -118,10 +115,7 @@ def track_b_summary(frame: pd.DataFrame) -> pd.DataFrame:
         MASE=("MASE", "median"),
         windows=("MASE", "count"),
     )
-    by_model = by_seed.groupby("model")
-    summary = by_model.median()
-    summary["MASE min"], summary["MASE max"] = by_model["MASE"].min(), by_model["MASE"].max()
-    summary["seeds"] = by_model.size()
+    summary = real_world.median_over_seeds(by_seed)
     return summary.rename(columns={"coverage_80": "coverage_80 (pooled)", "coverage_95": "coverage_95 (pooled)"})
 
 

@@ -130,8 +130,6 @@ def accuracy(
     is per seed, then the median over seeds; the per-window ratio fine-tuned / zero-shot
     pairs the two on the same window and seed.
     """
-    from dynamix_adapters import DynaMixForecaster
-
     rows, tuning = [], []
     folder = Path(tempfile.mkdtemp(prefix="dynamix-finetune-"))
     zero_name, tuned_name = f"DynaMix auto ({weights})", f"DynaMix fine-tuned ({weights})"
@@ -146,19 +144,14 @@ def accuracy(
             autoets = real_world.evaluate_model(
                 "AutoETS", real_world.baselines(dataset.season)["AutoETS"], dataset, y, windows
             )
-            for seed in seeds:
-                rows.extend({**row, "seed": seed} for row in autoets)
-                for name, params in ((zero_name, parameters), (tuned_name, tuned)):
-                    forecaster = DynaMixForecaster(**{**params, "random_state": seed})
-                    records = real_world.evaluate_model(name, forecaster, dataset, y, windows)
-                    rows.extend({**record, "seed": seed} for record in records)
+            rows.extend({**row, "seed": seed} for seed in seeds for row in autoets)  # deterministic: one run
+            for name, params in ((zero_name, parameters), (tuned_name, tuned)):
+                rows.extend(real_world.evaluate_over_seeds(name, params, dataset, y, windows, seeds))
     frame = pd.DataFrame(rows)
     per_seed = frame.groupby(["model", "seed"], sort=False).agg(
         MASE=("MASE", "median"), coverage_80=("coverage_80", "mean"), coverage_95=("coverage_95", "mean")
     )
-    summary = per_seed.groupby("model", sort=False).median()
-    summary["MASE min"] = per_seed.groupby("model", sort=False)["MASE"].min()
-    summary["MASE max"] = per_seed.groupby("model", sort=False)["MASE"].max()
+    summary = real_world.median_over_seeds(per_seed)
     print(f"medians over {len(seeds)} forecast seeds of each seed's median MASE and mean coverage:")
     print(summary.round(3).to_string())
     ratio = summary.loc[tuned_name, "MASE"] / summary.loc[zero_name, "MASE"]

@@ -300,12 +300,12 @@ class DynaMixForecaster(BaseForecaster):
         cutoffs = [self.cutoff] if self._instances is None else self._series_cutoffs
         # sktime's fh conversions cost ~0.4 ms each; series that end together share theirs, so they run once
         # per distinct cutoff (a panel has one or a few), not once per series.
-        converted = {}
+        converted, per_series = {}, []
         for cutoff in cutoffs:
             key = (cutoff[0], getattr(cutoff, "freq", None))
             if key not in converted:
                 converted[key] = (fh.to_relative(cutoff).to_numpy(), fh.to_absolute_index(cutoff))
-        per_series = [converted[(cutoff[0], getattr(cutoff, "freq", None))] for cutoff in cutoffs]
+            per_series.append(converted[key])
         offsets = np.stack([relative for relative, _ in per_series]).astype(int)
         # sktime counts an integer fh in index units; the model counts observations.
         spacing = np.array(self._spacings)[:, None]

@@ -8,9 +8,9 @@ What both follow:
 
 - products with the weights (the query D z, W1 z, W2 h, W_j phi(z)) are fused
   multiply-add chains over the inner index in ascending order, starting from 0: what a
-  BLAS product computes for each column of the batched kernel's tile. ``blas_agrees``
-  checks this on the running machine, and "auto" falls back to the per-series kernel
-  for small-path forecasts where it does not hold;
+  BLAS product computes for each column of the batched kernel's tile.
+  ``batched.matches_per_series`` checks this on the running machine, and "auto" falls
+  back to the per-series kernel for small-path forecasts where it does not hold;
 - the attention: L1 distances summed over dims in order, scaled by ``-1/tau1``, its
   maximum, the weights ``exp_below_zero(score - max)``, and weighted sums in float32
   over blocks of ``SUM_BLOCK`` consecutive frames (frames in order within a block),
