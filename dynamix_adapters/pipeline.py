@@ -258,6 +258,7 @@ class DynaMixPipeline:
             model_dims=self.model.arch.N,
             entropy=entropy,
             starts=None if units.starts[0] is None else np.stack(units.starts),
+            keys=_chosen_keys(choices),
         )
         batch = self._batch(encoding, units.labels, n_paths, entropy)
         spreads = [choice.spread for choice in choices] if n_paths > 1 else [None] * len(choices)
@@ -378,6 +379,12 @@ def initial_points(initial_x, n_series: int, dims: int, model_dims: int, nonstat
         allowed = f"exactly {dims}" if split else f"1 to {dims}"
         raise ValueError(f"initial_x has {k} dims, but the context has {dims}; give {allowed} dims.")
     return points
+
+
+def _chosen_keys(choices: list[Selection]) -> list[int] | None:
+    """The content keys the choices were made on (select and checked_settings hashed each unit), or None."""
+    keys = [choice.key for choice in choices]
+    return None if None in keys else keys
 
 
 def checked_settings(settings, units: ForecastUnits, stationary_only: bool) -> list[Selection]:

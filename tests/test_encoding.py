@@ -133,6 +133,19 @@ def test_a_series_encodes_and_decodes_alone_as_in_any_batch():
         np.testing.assert_allclose(decoded[:, :, s], alone.decode(observed[:, :, [s]])[:, :, 0], rtol=1e-9)
 
 
+def test_content_keys_the_caller_already_has_encode_as_the_hashed_ones():
+    # The pipeline passes the keys its choices were made on, so a forecast hashes each series once.
+    series = panel(1)
+    methods = ["delay_embedding_random", "pos_embedding", "delay_embedding_random", "delay_embedding", "pos_embedding"]
+    flags = [False, True, False, False, True]
+    source = [4, 0, 2, 2, 1]
+    hashed = encode(series, methods, flags, source=source)
+    given = encode(series, methods, flags, source=source, keys=[content_key(x) for x in series])
+    assert given.keys == hashed.keys == tuple(content_key(series[s]) for s in source)
+    for name in ("context", "valid_from", "starts", "mean", "std"):
+        np.testing.assert_array_equal(getattr(given, name), getattr(hashed, name))
+
+
 def test_random_lags_depend_only_on_seed_and_content_and_come_from_the_counter_based_stream():
     keys = np.array([content_key(x) for x in panel(1)], dtype=np.uint64)
     lags = preprocessing.random_lags(3, keys, 2)

@@ -50,11 +50,13 @@ class BatchEncoding:
         entropy: int,
         source=None,
         starts: np.ndarray | None = None,
+        keys: list[int] | None = None,
     ) -> BatchEncoding:
         """Encode job j = series[source[j]] (T_j, D) with ``preprocessing[j]`` and ``nonstationary[j]``.
 
         ``source`` defaults to one job per series. ``starts`` (J, k) in data scale replace
-        the last frame as each job's first state (stationary jobs only).
+        the last frame as each job's first state (stationary jobs only). ``keys`` are the
+        series' content keys (``rollout.content_key``) where the caller already has them.
         """
         source = np.arange(len(series)) if source is None else np.asarray(source, dtype=np.int64)
         methods = np.asarray(preprocessing, dtype=object).reshape(-1)
@@ -91,7 +93,7 @@ class BatchEncoding:
             scaled_groups[length] = scaler.transform(values)
             group_of_level[mine], row_of_level[mine] = length, np.arange(len(mine))
 
-        unit_keys = _unit_keys(series, source)
+        unit_keys = _unit_keys(series, source) if keys is None else [keys[s] for s in source.tolist()]
         key_array = np.array(unit_keys, dtype=np.uint64)
         if starts is not None:
             starts = (starts - mean[level_of_job, : starts.shape[1]]) / std[level_of_job, : starts.shape[1]]
