@@ -15,6 +15,9 @@ everywhere (numba, torch, BLAS), official weights. Rows, per series, in CPU micr
 - the batched kernel alone on the standardized windows: the floor everything else adds to;
 - defaults (``forecast()`` with nothing set: "auto" preprocessing and non-stationarity,
   selected per series by in-context validation);
+- the reference, explicit settings and defaults again with ``--paths`` sample paths a series
+  (100: what ``predict_interval`` and ``predict_quantiles`` draw), where the defaults'
+  paths are calibrated: validation is paid once a series, whatever the number of paths;
 - the same two settings through sktime, as a user writes them (``DynaMixForecaster(...).fit(y)
   .predict(fh)`` on a pd-multiindex panel: sktime's input checks, the adapter, the pipeline),
   where sktime is installed;
@@ -64,6 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--slow-series", type=int, default=256, help="series the slow rows run on (default 256)")
     parser.add_argument("--model", default=None, help="weights name or path (default: the official weights)")
     parser.add_argument("--reference-module", default=None, help="module of the published implementation")
+    parser.add_argument("--paths", type=int, default=100, help="sample paths a series in the sampling rows")
     parser.add_argument("--quick", action="store_true", help="64 series, context 256, slow rows on 16")
     args = parser.parse_args(argv)
     if args.quick:
@@ -167,13 +171,37 @@ def sktime_rows(weights: str, panel: np.ndarray, slow: np.ndarray, horizon: int)
     ]
 
 
-def reference_row(args, model, panel: np.ndarray) -> Row:
+def reference_row(args, model, panel: np.ndarray, paths: int | None = None) -> Row:
+    """The reference's point forecast, or ``paths`` sample paths a series (the published code: one call per path)."""
+    suffix = "" if paths is None else f", {paths} paths"
     if args.reference_module is None:
-        run = lambda: forecast(model, panel, args.horizon, random_state=SEED, backend="torch", **EXPLICIT)  # noqa: E731
-        return timed("reference: torch backend, explicit", panel.shape[1], run, "DynaMix.step per step")
+        run = lambda: forecast(  # noqa: E731
+            model, panel, args.horizon, n_samples=paths, random_state=SEED, backend="torch", **EXPLICIT
+        )
+        return timed(f"reference: torch backend, explicit{suffix}", panel.shape[1], run, "DynaMix.step per step")
     module = importlib.import_module(args.reference_module)
-    context = panel.astype(np.float32)
-    return timed("reference: published implementation", panel.shape[1], lambda: module.forecast(context, args.horizon))
+    context = np.tile(panel.astype(np.float32), (1, paths or 1, 1))  # a path is a copy of its series' context
+    name = f"reference: published implementation{suffix}"
+    return timed(name, panel.shape[1], lambda: module.forecast(context, args.horizon))
+
+
+def sampling_rows(args, model, slow: np.ndarray) -> list[Row]:
+    """Reference, explicit settings and defaults, each drawing ``args.paths`` sample paths a series."""
+    paths = args.paths
+    return [
+        reference_row(args, model, slow, paths),
+        timed(
+            f"explicit settings, {paths} paths",
+            slow.shape[1],
+            lambda: forecast(model, slow, args.horizon, n_samples=paths, random_state=SEED, **EXPLICIT),
+        ),
+        timed(
+            f"defaults, {paths} paths",
+            slow.shape[1],
+            lambda: forecast(model, slow, args.horizon, n_samples=paths, random_state=SEED),
+            "calibrated paths",
+        ),
+    ]
 
 
 def main(argv=None) -> None:
@@ -211,20 +239,28 @@ def main(argv=None) -> None:
             *sktime_rows(args.model or "dynamix-3d-alrnn-v1.0", panel, slow, args.horizon),
             *statsforecast_rows(slow, args.horizon),
         ]
-    print(f"\n{'':40}{'series':>8}{'us/series':>12}{'wall s':>9}{'vs reference':>14}  note")
+        sampling = sampling_rows(args, model, slow)
+    print(f"\n{'':48}{'series':>8}{'us/series':>12}{'wall s':>9}{'vs reference':>14}  note")
     for row in rows:
         ratio = reference.per_series_us / row.per_series_us
-        print(f"{row.name:40}{row.series:>8}{row.per_series_us:>12,.0f}{row.wall_s:>9.2f}{ratio:>13.1f}x  {row.note}")
+        print(f"{row.name:48}{row.series:>8}{row.per_series_us:>12,.0f}{row.wall_s:>9.2f}{ratio:>13.1f}x  {row.note}")
+    print(f"\nsample paths ({args.paths} a series), against the reference drawing as many:")
+    for row in sampling:
+        ratio = sampling[0].per_series_us / row.per_series_us
+        print(f"{row.name:48}{row.series:>8}{row.per_series_us:>12,.0f}{row.wall_s:>9.2f}{ratio:>13.1f}x  {row.note}")
     explicit, defaults = rows[1], rows[4]  # reference, auto, numba, kernel alone, defaults
+    sampled_reference, sampled_explicit, sampled_defaults = (row.per_series_us for row in sampling)
     print("\nissue 21 targets (per series):")
     checks = [
         ("explicit >= 15x the reference", reference.per_series_us / explicit.per_series_us, 15, True),
         ("defaults >= 5x the reference", reference.per_series_us / defaults.per_series_us, 5, True),
         ("defaults <= 3x the explicit cost", defaults.per_series_us / explicit.per_series_us, 3, False),
+        (f"... with {args.paths} paths: defaults >= 5x", sampled_reference / sampled_defaults, 5, True),
+        (f"... with {args.paths} paths: defaults <= 3x explicit", sampled_defaults / sampled_explicit, 3, False),
     ]
     for name, value, bound, above in checks:
         met = value >= bound if above else value <= bound
-        print(f"  {name:36} {value:8.2f}x  {'met' if met else 'NOT met'}")
+        print(f"  {name:46} {value:8.2f}x  {'met' if met else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -42,3 +42,6 @@ def test_bench_pipeline_quick_prints_the_rows_side_by_side_and_the_targets():
     for row in (*rows, "sktime explicit: fit + predict", "sktime defaults: fit + predict"):
         assert row in out
     assert "defaults <= 3x the explicit cost" in out
+    for row in ("reference: torch backend, explicit, 100 paths", "explicit settings, 100 paths", "defaults, 100 paths"):
+        assert row in out
+    assert "with 100 paths: defaults <= 3x explicit" in out
