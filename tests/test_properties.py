@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ from hypothesis import HealthCheck, assume, example, given, reject, settings
 from hypothesis import strategies as st
 
 from dynamix_adapters import forecast, load_model
-from dynamix_adapters.rollout import DivergenceError
+from dynamix_adapters.rollout import DivergenceError, DivergenceWarning
 from dynamix_adapters.transforms.preprocessing import EMBEDDINGS, min_context_length
 from dynamix_adapters.weights import tiny_test_checkpoint
 
@@ -328,7 +329,9 @@ def test_sktime_forecast_has_the_right_index_and_columns_or_names_the_problem(ca
     needed = min_context_length(preprocessing, 1 if y.ndim == 1 else y.shape[1], 3)
     try:
         forecaster.fit(y)
-        prediction = forecaster.predict(fh=steps * spacing)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DivergenceWarning)
+            prediction = forecaster.predict(fh=steps * spacing)
     except (ValueError, TypeError) as error:
         message = str(error)
         if kind.startswith("irregular"):
@@ -347,10 +350,18 @@ def test_sktime_forecast_has_the_right_index_and_columns_or_names_the_problem(ca
     np.testing.assert_array_equal(prediction.index, expected_index(y, kind, steps, spacing))
     if y.ndim == 2:
         assert list(prediction.columns) == list(y.columns)
-    assert np.isfinite(prediction.to_numpy()).all()
     np.testing.assert_array_equal(prediction.to_numpy(), again.to_numpy())
-    # The rows are the model's steps: the same numbers as the core forecast of the same context.
     context = y.to_numpy().reshape(len(y), -1)
+    diverged = [w for w in caught if issubclass(w.category, DivergenceWarning)]
+    if diverged:  # the adapter's on_divergence="nan": NaN and a warning where the core raises
+        assert np.isnan(prediction.to_numpy()).all()
+        step = re.search(r"y at step (\d+)", str(diverged[0].message))
+        assert step, diverged[0].message
+        with pytest.raises(DivergenceError, match=f"series 0 at step {step.group(1)} "):
+            forecast(TINY, context, int(steps.max()), preprocessing=preprocessing, random_state=seed)
+        return
+    assert np.isfinite(prediction.to_numpy()).all()
+    # The rows are the model's steps: the same numbers as the core forecast of the same context.
     core = forecast(TINY, context, int(steps.max()), preprocessing=preprocessing, random_state=seed)
     np.testing.assert_allclose(prediction.to_numpy().reshape(len(steps), -1), core[steps - 1], rtol=1e-12)
 

@@ -150,62 +150,73 @@ def select(pipeline, series: list[np.ndarray], entropy: int, stationary_only: bo
     pairs = candidates(options, dims, model_dims, stationary_only)
     jobs_per_series = len(pairs) * VALIDATION_WINDOWS * VALIDATION_PATHS
     size = max(1, VALIDATION_CHUNK_JOBS // jobs_per_series)
+    lengths = np.array([len(x) for x in series])
+    plans = _Plans.of(np.unique(lengths), dims, pairs, model_dims)  # windows and candidates depend on the length only
     chosen = []
     for first in range(0, len(series), size):  # in chunks: each series' choice is its own
         chunk = series[first : first + size]
-        plans = [_plan(x, pairs, model_dims) for x in chunk]
-        errors = _validate(pipeline, chunk, plans, entropy, jobs_per_series)
-        chosen += [_choose(plan, e, embedding, content_key(x)) for x, plan, e in zip(chunk, plans, errors, strict=True)]
+        plan = plans.index(lengths[first : first + size])
+        scores = _validate(pipeline, chunk, plans, plan, entropy, jobs_per_series)
+        chosen += _choose(chunk, plans, plan, scores, embedding)
     return chosen
 
 
 @dataclass(frozen=True)
-class _Plan:
-    """The validation windows of one series and the candidates that can forecast from them."""
+class _Plans:
+    """The validation windows of every distinct series length, and the candidates that can forecast from them.
 
-    step: int
-    cuts: tuple[int, ...]  # validation origins: forecast x[cut : cut + step] from x[:cut]
-    pairs: tuple[tuple[str, bool], ...]
+    Row p is the plan of series of length ``lengths[p]``: forecast ``x[cut : cut + step]``
+    from ``x[:cut]`` for each of its ``n_cuts`` origins; ``usable`` marks the candidates
+    (of ``pairs``) whose embedding fits in the shortest validation context. A plan with no
+    origins (a series too short to validate) uses the defaults, uncalibrated.
+    """
 
+    lengths: np.ndarray  # (P,) sorted
+    steps: np.ndarray  # (P,)
+    cuts: np.ndarray  # (P, VALIDATION_WINDOWS), valid where k < n_cuts
+    n_cuts: np.ndarray  # (P,) 0 or VALIDATION_WINDOWS
+    usable: np.ndarray  # (P, C) bool
+    pairs: tuple[tuple[str, bool], ...]  # (C,) every candidate, simplest first
 
-def _plan(x: np.ndarray, pairs: list[tuple[str, bool]], model_dims: int) -> _Plan:
-    length = len(x)
-    step = min(length // (VALIDATION_WINDOWS + 2), MAX_VALIDATION_STEPS)
-    spacing = max(1, step // VALIDATION_WINDOWS)
-    cuts = tuple(length - step - k * spacing for k in range(VALIDATION_WINDOWS - 1, -1, -1)) if step >= 1 else ()
-    if not cuts or cuts[0] < MIN_VALIDATION_CONTEXT:
-        return _Plan(0, (), ())
-    usable = tuple(p for p in pairs if min_context_length(p[0], x.shape[1], model_dims) <= cuts[0])
-    return _Plan(step, cuts, usable)
+    @classmethod
+    def of(cls, lengths: np.ndarray, dims: int, pairs: list[tuple[str, bool]], model_dims: int) -> _Plans:
+        step = np.minimum(lengths // (VALIDATION_WINDOWS + 2), MAX_VALIDATION_STEPS)
+        spacing = np.maximum(1, step // VALIDATION_WINDOWS)
+        back = np.arange(VALIDATION_WINDOWS - 1, -1, -1)  # origins in time order, the last one step before the end
+        cuts = lengths[:, None] - step[:, None] - back[None, :] * spacing[:, None]
+        valid = (step >= 1) & (cuts[:, 0] >= MIN_VALIDATION_CONTEXT)
+        shortest = np.array([min_context_length(p, dims, model_dims) for p, _ in pairs])
+        usable = valid[:, None] & (shortest[None, :] <= cuts[:, :1])
+        n_cuts = np.where(valid, VALIDATION_WINDOWS, 0)
+        return cls(lengths, np.where(valid, step, 0), cuts, n_cuts, usable, tuple(pairs))
+
+    def index(self, lengths: np.ndarray) -> np.ndarray:
+        """The plan row of each series of these lengths."""
+        return np.searchsorted(self.lengths, lengths)
 
 
 def _validate(
-    pipeline, series: list[np.ndarray], plans: list[_Plan], entropy: int, jobs_per_series: int
-) -> list[np.ndarray]:
-    """Per series, (candidates, windows) MASE and (candidates, windows, step, D) standardized errors.
+    pipeline, series: list[np.ndarray], plans: _Plans, plan: np.ndarray, entropy: int, jobs_per_series: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per series, (S, C, windows) MASE and (S, C, windows, step, D) standardized errors.
 
-    Every series, candidate and window is one job of a single batch encoding and one unit of a
-    single batched rollout; decoding and scoring are array operations over all of them.
+    Entries of candidates a series cannot use, and of windows it does not have, stay inf
+    (MASE) and NaN (errors). Every series, candidate and window is one job of a single batch
+    encoding and one unit of a single batched rollout; decoding and scoring are array
+    operations over all of them.
     """
     dims = series[0].shape[1]
-    pairs = max((plan.pairs for plan in plans), key=len)  # a longer first window admits a superset
-    usable = np.array([[pair in plan.pairs for pair in pairs] for plan in plans], dtype=bool)
-    usable = usable.reshape(len(plans), len(pairs))
-    n_cuts = np.array([len(plan.cuts) for plan in plans])
-    steps = np.array([plan.step for plan in plans])
-    owner = np.repeat(np.arange(len(plans)), n_cuts)  # (W,) the series of each validation window
+    usable, n_cuts, steps = plans.usable[plan], plans.n_cuts[plan], plans.steps[plan]  # (S, C), (S,), (S,)
+    owner = np.repeat(np.arange(len(series)), n_cuts)  # (W,) the series of each validation window
     window = np.arange(len(owner)) - np.repeat(np.cumsum(n_cuts) - n_cuts, n_cuts)  # (W,) k of each window
-    cuts = np.array([cut for plan in plans for cut in plan.cuts], dtype=np.int64)
+    cuts = plans.cuts[plan[owner], window].astype(np.int64)  # (W,)
     job_window, job_pair = np.nonzero(usable[owner])  # (J,) one job per window and candidate
-    mase = np.full((len(plans), len(pairs), VALIDATION_WINDOWS), np.inf)
+    mase = np.full((len(series), len(plans.pairs), VALIDATION_WINDOWS), np.inf)
     errors = np.full((*mase.shape, max(steps.max(initial=0), 1), dims), np.nan)
     if len(job_window):
         windows, jobs = (owner, window, cuts, steps), (job_window, job_pair)
-        _score_jobs(pipeline, series, entropy, windows, jobs, pairs, (mase, errors), jobs_per_series)
-    return [
-        (mase[s][usable[s]][:, : n_cuts[s]], errors[s][usable[s]][:, : n_cuts[s], : steps[s]])
-        for s in range(len(plans))
-    ]
+        _score_jobs(pipeline, series, entropy, windows, jobs, plans.pairs, (mase, errors), jobs_per_series)
+    return mase, errors
 
 
 def _score_jobs(pipeline, series, entropy, windows, jobs, pairs, out, jobs_per_series: int) -> None:
@@ -286,28 +297,44 @@ def _window_statistics(series, windows, length: int) -> tuple[np.ndarray, np.nda
     return truth, np.where(scale > 0, scale, 1.0), np.where(spread > 0, spread, 1.0)
 
 
-def _choose(plan: _Plan, result: tuple[np.ndarray, np.ndarray], embedding: str | None, key: int) -> Selection:
-    """The simplest candidate within MARGIN of the best; the defaults when nothing validated."""
-    mase, errors = result
-    mean = mase.mean(axis=1) if mase.size else np.array([])
-    if not np.isfinite(mean).any():
-        return Selection(EMBEDDINGS[0], False, embedding or EMBEDDINGS[0], key=key)
-    best = 0 if np.isfinite(mean[0]) else int(np.argmax(np.isfinite(mean)))
-    for c in range(best + 1, len(mean)):
-        margin = NONSTATIONARY_MARGIN if plan.pairs[c][1] and not plan.pairs[best][1] else MARGIN
-        if mean[c] < mean[best] * (1 - margin):
-            best = c
-    chosen, flag = plan.pairs[best]
-    return Selection(
-        preprocessing=chosen,
-        nonstationary=flag,
-        embedding=embedding or chosen,
-        windows=len(plan.cuts),
-        validation_horizon=plan.step,
-        errors={_label(*pair): float(m) for pair, m in zip(plan.pairs, mean, strict=True)},
-        validation_errors=errors[best].copy(),  # not a view: the other candidates' errors are dropped
-        key=key,
-    )
+def _choose(
+    series: list[np.ndarray], plans: _Plans, plan: np.ndarray, scores: tuple[np.ndarray, np.ndarray], embedding
+) -> list[Selection]:
+    """Per series, the simplest candidate within MARGIN of the best; the defaults where nothing validated."""
+    mase, errors = scores
+    n_cuts, steps = plans.n_cuts[plan], plans.steps[plan]
+    in_window = np.arange(VALIDATION_WINDOWS)[None, None, :] < n_cuts[:, None, None]
+    # Windows a series does not have add 0 after its own: the same sum as over its windows alone.
+    mean = np.where(in_window, mase, 0.0).sum(axis=2) / np.maximum(n_cuts, 1)[:, None]  # (S, C)
+    mean = np.where(plans.usable[plan], mean, np.inf)
+    validated = np.isfinite(mean).any(axis=1)
+    best = np.argmax(np.isfinite(mean), axis=1)  # the first finite candidate
+    flags = np.array([flag for _, flag in plans.pairs])
+    rows = np.arange(len(series))
+    for c in range(1, len(plans.pairs)):  # in order: a later candidate must beat the best earlier one
+        margin = np.where(flags[c] & ~flags[best], NONSTATIONARY_MARGIN, MARGIN)
+        best = np.where((c > best) & (mean[:, c] < mean[rows, best] * (1 - margin)), c, best)
+    labels = [_label(*pair) for pair in plans.pairs]
+    chosen_errors = errors[rows, best]  # (S, windows, step, D)
+    selections = []
+    for s, x in enumerate(series):  # one object per series is the result; everything above is over the chunk
+        if not validated[s]:
+            selections.append(Selection(EMBEDDINGS[0], False, embedding or EMBEDDINGS[0], key=content_key(x)))
+            continue
+        preprocessing, nonstationary = plans.pairs[best[s]]
+        selections.append(
+            Selection(
+                preprocessing=preprocessing,
+                nonstationary=nonstationary,
+                embedding=embedding or preprocessing,
+                windows=int(n_cuts[s]),
+                validation_horizon=int(steps[s]),
+                errors={labels[c]: float(mean[s, c]) for c in np.nonzero(plans.usable[plan[s]])[0].tolist()},
+                validation_errors=chosen_errors[s, : n_cuts[s], : steps[s]].copy(),
+                key=content_key(x),
+            )
+        )
+    return selections
 
 
 def _label(preprocessing: str, nonstationary: bool) -> str:
