@@ -79,19 +79,47 @@ def test_default_sample_paths_keep_the_attractor(weights, official_path, shared_
     assert d_default <= 1.25 * d_fixed, (d_default, d_fixed)
 
 
-def test_a_point_forecast_fits_no_spread_and_sample_paths_fit_it_once(monkeypatch):
-    """The spread only shapes sample paths: a default point forecast never fits it; intervals fit it per unit."""
+def test_a_point_forecast_fits_no_spread_and_sample_paths_fit_all_units_in_one_call(monkeypatch):
+    """The spread only shapes sample paths: a default point forecast never fits it; intervals fit every unit at once."""
     x = np.sin(np.arange(300) / 7.0)[:, None] + 0.01 * np.arange(300)[:, None]
+    panel = [x, x[:250] * 2, np.cos(np.arange(200) / 5.0)[:, None]]
     pipeline = DynaMixPipeline.from_pretrained(None, random_state=0)
     fits = []
-    real = Spread.fit
-    monkeypatch.setattr(Spread, "fit", classmethod(lambda cls, *a, **k: fits.append(1) or real(*a, **k)))
-    settings = pipeline.choose_settings(x)
-    pipeline.predict(x, 12, settings=settings)
-    assert fits == [] and settings[0].validation_errors is not None
-    pipeline.predict_quantiles(x, 12, settings=settings)
-    pipeline.predict_quantiles(x, 24, settings=settings)
-    assert fits == [1] and settings[0].spread is not None
+    real = Spread.fit_many
+    monkeypatch.setattr(Spread, "fit_many", classmethod(lambda cls, e, s: fits.append(len(e)) or real(e, s)))
+    settings = pipeline.choose_settings(panel)
+    pipeline.predict(panel, 12, settings=settings)
+    assert fits == [] and all(s.validation_errors is not None for s in settings)
+    pipeline.predict_quantiles(panel, 12, settings=settings)
+    pipeline.predict_quantiles(panel, 24, settings=settings)
+    assert fits == [3, 3]
+
+
+def test_spreads_fitted_together_equal_the_least_squares_fit_of_each_unit():
+    """The closed-form fit over all units: numpy's polyfit per unit and dim to rounding, and bit for bit alone."""
+    rng = np.random.default_rng(2)
+    steps = np.arange(1, 17)
+    errors = [rng.standard_normal((3, 16, 2)) * 0.2 * steps[None, :, None] ** rng.uniform(0, 1, 2) for _ in range(5)]
+    errors[1][0, 3:] = np.nan  # a window that stopped early
+    errors += [rng.standard_normal((3, 6, 2)), np.zeros((3, 4, 2)), np.full((3, 5, 2), np.nan), None]
+    together = Spread.fit_many(errors, [True, False] * 4 + [True])
+    for e, fit in zip(errors, together, strict=True):
+        if e is None or not np.isfinite(e).any():
+            assert fit is None
+            continue
+        alone = Spread.fit(e, fit.stationary)
+        np.testing.assert_array_equal(alone.a, fit.a)
+        np.testing.assert_array_equal(alone.b, fit.b)
+        assert fit.horizon == e.shape[1]
+        for d in range(e.shape[2]):
+            rms = np.sqrt(np.nanmean(e[:, :, d] ** 2, axis=0))
+            ok = rms > 1e-9
+            if ok.sum() < 2:
+                assert fit.b[d] == 0.0
+                continue
+            slope = np.clip(np.polyfit(np.log(np.arange(1, e.shape[1] + 1)[ok]), np.log(rms[ok]), 1)[0], 0, 1)
+            level = np.sqrt(np.mean(rms[ok] ** 2 / np.arange(1, e.shape[1] + 1)[ok] ** (2 * slope)))
+            assert fit.b[d] == pytest.approx(slope, abs=1e-12) and fit.a[d] == pytest.approx(level, rel=1e-12)
 
 
 def test_calibration_treats_each_unit_alone():

@@ -68,23 +68,56 @@ class Spread:
     @classmethod
     def fit(cls, errors: np.ndarray, stationary: bool) -> Spread | None:
         """errors (K, step, D) standardized validation errors (NaN: missing); None if none are finite."""
-        if not np.isfinite(errors).any():
-            return None
-        steps = np.arange(1, errors.shape[1] + 1, dtype=float)
-        a, b = [], []
-        for d in range(errors.shape[2]):
-            rms = np.sqrt(np.nanmean(errors[:, :, d] ** 2, axis=0))  # (step,)
-            ok = np.isfinite(rms) & (rms > SPREAD_FLOOR)
-            if ok.sum() >= 2:
-                slope = float(np.clip(np.polyfit(np.log(steps[ok]), np.log(rms[ok]), 1)[0], 0.0, 1.0))
-            else:
-                slope = 0.0
-            # Level for the clipped slope from the mean squared error (a log-space mean would be a
-            # geometric mean, biased low).
-            level = np.sqrt(np.mean(rms[ok] ** 2 / steps[ok] ** (2 * slope))) if ok.any() else SPREAD_FLOOR
-            a.append(level)
-            b.append(slope)
-        return cls(np.array(a), np.array(b), stationary, errors.shape[1])
+        return cls.fit_many([errors], [stationary])[0]
+
+    @classmethod
+    def fit_many(cls, errors: list, stationary: list) -> list[Spread | None]:
+        """One ``fit`` per unit, as arrays over all units: ``errors`` (U,) of (K, step, D) arrays or None.
+
+        Units with equally shaped errors are stacked (a handful of shapes), then padded to the
+        longest; every sum runs over windows or steps in order, one array operation per
+        window or step over all units, so a unit's fit is the same alone and among others.
+        The slope is the least-squares line through log(rms) against log(step), in closed form.
+        """
+        present = [u for u, e in enumerate(errors) if e is not None]
+        fits: list[Spread | None] = [None] * len(errors)
+        if not present:
+            return fits
+        shapes = [errors[u].shape for u in present]
+        windows, longest, dims = (max(shape[axis] for shape in shapes) for axis in range(3))
+        stacked = np.full((len(present), windows, longest, dims), np.nan)  # (U', K, S, D)
+        for shape in set(shapes):  # a few distinct (windows, steps) shapes
+            rows = [i for i, other in enumerate(shapes) if other == shape]
+            stacked[rows, : shape[0], : shape[1], : shape[2]] = np.stack([errors[present[i]] for i in rows])
+        # rms over windows (np.nanmean's order: the finite squares added window by window)
+        finite = np.isfinite(stacked)
+        squares = np.where(finite, stacked, 0.0) ** 2
+        total = np.zeros(squares.shape[:1] + squares.shape[2:])  # (U', S, D)
+        for k in range(windows):
+            total = total + squares[:, k]
+        count = finite.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rms = np.sqrt(total / count)  # NaN where no window has the step
+        ok = np.isfinite(rms) & (rms > SPREAD_FLOOR)
+        log_step = np.log(np.arange(1, longest + 1, dtype=float))[None, :, None]  # (1, S, 1)
+        log_rms = np.log(np.where(ok, rms, 1.0))
+        n = ok.sum(axis=1)  # (U', D)
+        x_mean, y_mean = _sum_steps(ok, log_step) / np.maximum(n, 1), _sum_steps(ok, log_rms) / np.maximum(n, 1)
+        dx, dy = log_step - x_mean[:, None], log_rms - y_mean[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            slope = _sum_steps(ok, dx * dy) / _sum_steps(ok, dx * dx)
+        slope = np.where(n >= 2, np.clip(slope, 0.0, 1.0), 0.0)
+        # Level for the clipped slope from the mean squared error (a log-space mean would be a
+        # geometric mean, biased low).
+        steps = np.exp(log_step)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            level = np.sqrt(_sum_steps(ok, np.where(ok, rms, 0.0) ** 2 / steps ** (2 * slope[:, None])) / n)
+        level = np.where(n > 0, level, SPREAD_FLOOR)
+        any_finite = finite.any(axis=(1, 2, 3))
+        for i, u in enumerate(present):  # one object per unit is the result
+            if any_finite[i]:
+                fits[u] = cls(level[i, : shapes[i][2]], slope[i, : shapes[i][2]], bool(stationary[u]), shapes[i][1])
+        return fits
 
     def sigma(self, horizon: int) -> np.ndarray:
         """(H, D) error scale in context standard deviations."""
@@ -97,6 +130,15 @@ class Spread:
         steps = np.arange(1, horizon + 1, dtype=float)[:, None]
         matched, fade = MATCHED_SPANS * self.horizon, FADE_SPANS * self.horizon
         return np.clip((matched + fade - steps) / fade, 0.0, 1.0)
+
+
+def _sum_steps(mask: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(U, D) sums of ``values`` over the steps axis where ``mask`` (U, S, D) holds, step by step in order."""
+    values = np.broadcast_to(values, mask.shape)
+    total = np.zeros(mask.shape[:1] + mask.shape[2:])
+    for step in range(mask.shape[1]):
+        total = total + np.where(mask[:, step], values[:, step], 0.0)
+    return total
 
 
 def match_spreads(paths: np.ndarray, spreads: list, context_std: np.ndarray) -> np.ndarray:

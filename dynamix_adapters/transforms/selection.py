@@ -72,8 +72,9 @@ class Selection:
     ...) to its validation MASE (inf: diverged). ``windows`` is 0 when the context was too
     short to validate: the defaults (``pos_embedding``, stationary) are used, uncalibrated.
     ``validation_errors`` (windows, step, D) are the chosen candidate's standardized errors,
-    from which ``spread`` is fitted when sample paths first need it (a point forecast never
-    does); None leaves the sample paths uncalibrated.
+    from which a forecast of sample paths fits the spread (``Spread.fit_many``, all units
+    at once; a point forecast never does); None leaves the sample paths uncalibrated.
+    ``spread`` is that fit for this series alone.
     """
 
     preprocessing: str
@@ -88,7 +89,7 @@ class Selection:
 
     @functools.cached_property
     def spread(self) -> Spread | None:
-        """The calibration's error scale per horizon step; None: uncalibrated."""
+        """The calibration's error scale per horizon step, as a forecast fits it; None: uncalibrated."""
         if self.validation_errors is None:
             return None
         return Spread.fit(self.validation_errors, stationary=not self.nonstationary)
