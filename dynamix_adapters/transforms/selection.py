@@ -156,9 +156,9 @@ def select(pipeline, series: list[np.ndarray], entropy: int, stationary_only: bo
     chosen = []
     for first in range(0, len(series), size):  # in chunks: each series' choice is its own
         chunk = series[first : first + size]
-        plan = plans.index(lengths[first : first + size])
-        scores = _validate(pipeline, chunk, plans, plan, entropy, jobs_per_series)
-        chosen += _choose(chunk, plans, plan, scores, embedding)
+        plan_row = plans.index(lengths[first : first + size])
+        scores = _validate(pipeline, chunk, plans, plan_row, entropy, jobs_per_series)
+        chosen += _choose(chunk, plans, plan_row, scores, embedding)
     return chosen
 
 
@@ -197,7 +197,7 @@ class _Plans:
 
 
 def _validate(
-    pipeline, series: list[np.ndarray], plans: _Plans, plan: np.ndarray, entropy: int, jobs_per_series: int
+    pipeline, series: list[np.ndarray], plans: _Plans, plan_row: np.ndarray, entropy: int, jobs_per_series: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per series, (S, C, windows) MASE and (S, C, windows, step, D) standardized errors.
 
@@ -207,10 +207,10 @@ def _validate(
     operations over all of them.
     """
     dims = series[0].shape[1]
-    usable, n_cuts, steps = plans.usable[plan], plans.n_cuts[plan], plans.steps[plan]  # (S, C), (S,), (S,)
+    usable, n_cuts, steps = plans.usable[plan_row], plans.n_cuts[plan_row], plans.steps[plan_row]  # (S, C), (S,), (S,)
     owner = np.repeat(np.arange(len(series)), n_cuts)  # (W,) the series of each validation window
     window = np.arange(len(owner)) - np.repeat(np.cumsum(n_cuts) - n_cuts, n_cuts)  # (W,) k of each window
-    cuts = plans.cuts[plan[owner], window].astype(np.int64)  # (W,)
+    cuts = plans.cuts[plan_row[owner], window].astype(np.int64)  # (W,)
     job_window, job_pair = np.nonzero(usable[owner])  # (J,) one job per window and candidate
     mase = np.full((len(series), len(plans.pairs), VALIDATION_WINDOWS), np.inf)
     errors = np.full((*mase.shape, max(steps.max(initial=0), 1), dims), np.nan)
@@ -299,15 +299,15 @@ def _window_statistics(series, windows, length: int) -> tuple[np.ndarray, np.nda
 
 
 def _choose(
-    series: list[np.ndarray], plans: _Plans, plan: np.ndarray, scores: tuple[np.ndarray, np.ndarray], embedding
+    series: list[np.ndarray], plans: _Plans, plan_row: np.ndarray, scores: tuple[np.ndarray, np.ndarray], embedding
 ) -> list[Selection]:
     """Per series, the simplest candidate within MARGIN of the best; the defaults where nothing validated."""
     mase, errors = scores
-    n_cuts, steps = plans.n_cuts[plan], plans.steps[plan]
+    n_cuts, steps = plans.n_cuts[plan_row], plans.steps[plan_row]
     in_window = np.arange(VALIDATION_WINDOWS)[None, None, :] < n_cuts[:, None, None]
     # Windows a series does not have add 0 after its own: the same sum as over its windows alone.
     mean = np.where(in_window, mase, 0.0).sum(axis=2) / np.maximum(n_cuts, 1)[:, None]  # (S, C)
-    mean = np.where(plans.usable[plan], mean, np.inf)
+    mean = np.where(plans.usable[plan_row], mean, np.inf)
     validated = np.isfinite(mean).any(axis=1)
     best = np.argmax(np.isfinite(mean), axis=1)  # the first finite candidate
     flags = np.array([flag for _, flag in plans.pairs])
@@ -330,7 +330,7 @@ def _choose(
                 embedding=embedding or preprocessing,
                 windows=int(n_cuts[s]),
                 validation_horizon=int(steps[s]),
-                errors={labels[c]: float(mean[s, c]) for c in np.nonzero(plans.usable[plan[s]])[0].tolist()},
+                errors={labels[c]: float(mean[s, c]) for c in np.nonzero(plans.usable[plan_row[s]])[0].tolist()},
                 validation_errors=chosen_errors[s, : n_cuts[s], : steps[s]].copy(),
                 key=content_key(x),
             )
