@@ -91,27 +91,22 @@ class Spread:
             stacked[rows, : shape[0], : shape[1], : shape[2]] = np.stack([errors[present[i]] for i in rows])
         # rms over windows (np.nanmean's order: the finite squares added window by window)
         finite = np.isfinite(stacked)
-        squares = np.where(finite, stacked, 0.0) ** 2
-        total = np.zeros(squares.shape[:1] + squares.shape[2:])  # (U', S, D)
-        for k in range(windows):
-            total = total + squares[:, k]
-        count = finite.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            rms = np.sqrt(total / count)  # NaN where no window has the step
+            rms = np.sqrt(_masked_sum(finite, stacked**2) / finite.sum(axis=1))  # (U', S, D); NaN: no window
         ok = np.isfinite(rms) & (rms > SPREAD_FLOOR)
         log_step = np.log(np.arange(1, longest + 1, dtype=float))[None, :, None]  # (1, S, 1)
         log_rms = np.log(np.where(ok, rms, 1.0))
         n = ok.sum(axis=1)  # (U', D)
-        x_mean, y_mean = _sum_steps(ok, log_step) / np.maximum(n, 1), _sum_steps(ok, log_rms) / np.maximum(n, 1)
+        x_mean, y_mean = _masked_sum(ok, log_step) / np.maximum(n, 1), _masked_sum(ok, log_rms) / np.maximum(n, 1)
         dx, dy = log_step - x_mean[:, None], log_rms - y_mean[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
-            slope = _sum_steps(ok, dx * dy) / _sum_steps(ok, dx * dx)
+            slope = _masked_sum(ok, dx * dy) / _masked_sum(ok, dx * dx)
         slope = np.where(n >= 2, np.clip(slope, 0.0, 1.0), 0.0)
         # Level for the clipped slope from the mean squared error (a log-space mean would be a
         # geometric mean, biased low).
         steps = np.exp(log_step)
         with np.errstate(invalid="ignore", divide="ignore"):
-            level = np.sqrt(_sum_steps(ok, np.where(ok, rms, 0.0) ** 2 / steps ** (2 * slope[:, None])) / n)
+            level = np.sqrt(_masked_sum(ok, np.where(ok, rms, 0.0) ** 2 / steps ** (2 * slope[:, None])) / n)
         level = np.where(n > 0, level, SPREAD_FLOOR)
         any_finite = finite.any(axis=(1, 2, 3))
         for i, u in enumerate(present):  # one object per unit is the result
@@ -132,8 +127,11 @@ class Spread:
         return np.clip((matched + fade - steps) / fade, 0.0, 1.0)
 
 
-def _sum_steps(mask: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """(U, D) sums of ``values`` over the steps axis where ``mask`` (U, S, D) holds, step by step in order."""
+def _masked_sum(mask: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Sums over axis 1 of ``values`` where ``mask`` (U, K, ...) holds, slice by slice in order: (U, ...).
+
+    The order is fixed, so a unit's sum is the same alone and beside any others.
+    """
     values = np.broadcast_to(values, mask.shape)
     total = np.zeros(mask.shape[:1] + mask.shape[2:])
     for step in range(mask.shape[1]):

@@ -319,8 +319,9 @@ def _choose(
     chosen_errors = errors[rows, best]  # (S, windows, step, D)
     selections = []
     for s, x in enumerate(series):  # one object per series is the result; everything above is over the chunk
+        key = content_key(x)
         if not validated[s]:
-            selections.append(Selection(EMBEDDINGS[0], False, embedding or EMBEDDINGS[0], key=content_key(x)))
+            selections.append(Selection(EMBEDDINGS[0], False, embedding or EMBEDDINGS[0], key=key))
             continue
         preprocessing, nonstationary = plans.pairs[best[s]]
         selections.append(
@@ -332,7 +333,7 @@ def _choose(
                 validation_horizon=int(steps[s]),
                 errors={labels[c]: float(mean[s, c]) for c in np.nonzero(plans.usable[plan_row[s]])[0].tolist()},
                 validation_errors=chosen_errors[s, : n_cuts[s], : steps[s]].copy(),
-                key=content_key(x),
+                key=key,
             )
         )
     return selections
