@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -127,6 +128,21 @@ def test_corpus_holds_long_standardized_trajectories(tiny_config, corpus_cache):
     assert list(corpus.systems) == ["SprottA", "Bouali"]
     np.testing.assert_allclose(corpus.trajectories.mean(axis=1), 0.0, atol=1e-5)
     np.testing.assert_allclose(corpus.trajectories.std(axis=1), 1.0, atol=1e-4)
+
+
+def test_corpus_integrates_every_system_at_each_density(tiny_config):
+    config = replace(tiny_config.corpus, systems=("SprottA",), corpus_densities=(20, 40))
+    corpus = build_corpus(config)
+    assert corpus.trajectories.shape == (2, 400, 3)
+    assert list(corpus.systems) == ["SprottA", "SprottA"]
+    for trajectory, density in zip(corpus.trajectories, (20, 40), strict=True):
+        expected = corpus_trajectory("SprottA", config, density).astype(np.float32)
+        np.testing.assert_array_equal(trajectory, expected)
+    assert not np.allclose(corpus.trajectories[0], corpus.trajectories[1])
+    config = TrainingConfig.from_dict({**TINY, "corpus": {**TINY["corpus"], "corpus_densities": [20, 40]}})
+    assert config.corpus.corpus_densities == (20, 40)
+    with pytest.raises(ValueError, match="corpus_densities"):
+        CorpusConfig(corpus_densities=(50, 2))
 
 
 def test_config_errors_name_the_problem(tmp_path):

@@ -149,6 +149,9 @@ class CorpusConfig:
     trajectory_length: int = 40_000  # points per corpus trajectory, standardized over all of them
     transient_periods: float = 5.0
     points_per_period: tuple[int, int] = (50, 50)  # (low, high): log-uniform sampling density range
+    # Points per period of the corpus trajectories, each system integrated once at each;
+    # None: the lower end of points_per_period only (the authors' single density).
+    corpus_densities: tuple[int, ...] | None = None
     initial_condition_spread: float = 0.2  # held-out and validation trajectories only
     validation_context_length: int = 1000
     validation_horizon: int = 2000
@@ -161,6 +164,8 @@ class CorpusConfig:
             raise ValueError(
                 f"points_per_period must be (low, high) with 4 <= low <= high, got {self.points_per_period}"
             )
+        if self.corpus_densities is not None and not all(d >= 4 for d in self.corpus_densities):
+            raise ValueError(f"corpus_densities must all be >= 4 points per period, got {self.corpus_densities}")
         for name in ("trajectory_length", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CorpusConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -207,12 +212,14 @@ def build_corpus(config: CorpusConfig) -> Corpus:
     forbidden = set(HELD_OUT_SYSTEMS) | {s for s in names if any(f in s.lower() for f in EXCLUDED_NAME_FRAGMENTS)}
     if forbidden & set(names):
         raise ValueError(f"The corpus may not contain held-out or test systems: {sorted(forbidden & set(names))}")
-    jobs = [(entry, config) for entry in entries]
+    densities = config.corpus_densities or (config.points_per_period[0],)
+    jobs = [(entry, config, density) for entry in entries for density in densities]
     with ProcessPoolExecutor(config.workers) if config.workers > 1 else _Inline() as pool:
         results = list(pool.map(_corpus_job, jobs))
         validation = list(pool.map(_validation_job, [(name, config) for name in validation_systems()]))
-    kept = [(entry, x) for entry, x in zip(entries, results, strict=True) if x is not None]
-    skipped = [entry for entry, x in zip(entries, results, strict=True) if x is None]
+    outcomes = list(zip(jobs, results, strict=True))
+    kept = [(entry, x) for (entry, _, _), x in outcomes if x is not None]
+    skipped = [f"{entry} at {density} points per period" for (entry, _, density), x in outcomes if x is None]
     if skipped:
         logger.warning("no usable trajectory for: %s", ", ".join(skipped))
     if not kept or any(v is None for v in validation):
@@ -254,8 +261,7 @@ class _Inline:
 
 
 def _corpus_job(job) -> np.ndarray | None:
-    entry, config = job
-    return corpus_trajectory(entry, config)
+    return corpus_trajectory(*job)
 
 
 def _validation_job(job) -> np.ndarray | None:
@@ -264,11 +270,11 @@ def _validation_job(job) -> np.ndarray | None:
     return generate_trajectory(name, 0, length, config)
 
 
-def corpus_trajectory(entry: str, config: CorpusConfig) -> np.ndarray | None:
+def corpus_trajectory(entry: str, config: CorpusConfig, density: int | None = None) -> np.ndarray | None:
     """The standardized (trajectory_length, 3) corpus trajectory of ``entry``; None if it does not stay bounded.
 
     As the authors did: dysts' default initial condition without perturbation, a fixed
-    sampling density (the lower end of ``points_per_period``), standardized per dim over
+    sampling density (``density``; None: the lower end of ``points_per_period``), standardized per dim over
     the whole trajectory. A short transient is dropped in case the default start lies
     off the attractor.
     """
@@ -279,7 +285,7 @@ def corpus_trajectory(entry: str, config: CorpusConfig) -> np.ndarray | None:
     if unknown:
         raise ValueError(f"{name} has no parameter(s) {unknown}; it has {sorted(system.params)}")
     system.transform_params(lambda key, value, system: np.asarray(overrides.get(key, value)))
-    density = config.points_per_period[0]
+    density = density or config.points_per_period[0]
     transient = int(config.transient_periods * density)
     raw = _integrate(system, np.asarray(system.ic, dtype=np.float64), transient + config.trajectory_length, density)
     return None if raw is None else _standardized(raw[transient:])

@@ -185,7 +185,7 @@ class TrainingConfig:
         flat = {**data.pop("training", {})}
         architecture = Architecture(**_known(Architecture, data.pop("architecture", {}), "architecture"))
         corpus_fields = _known(CorpusConfig, data.pop("corpus", {}), "corpus")
-        for key in ("points_per_period", "systems"):
+        for key in ("points_per_period", "corpus_densities", "systems"):
             if corpus_fields.get(key) is not None:
                 corpus_fields[key] = tuple(corpus_fields[key])
         flat.update(data)
