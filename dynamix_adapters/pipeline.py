@@ -44,7 +44,7 @@ from .rollout import (
     seed_entropy,
     stream_keys,
 )
-from .transforms.calibration import Spread, match_spreads, perturbed_starts
+from .transforms.calibration import Spreads, match_spreads, perturbed_starts
 from .transforms.encoding import BatchEncoding
 from .transforms.preprocessing import EMBEDDINGS, min_context_length
 from .transforms.selection import Selection, select
@@ -261,11 +261,11 @@ class DynaMixPipeline:
             keys=_chosen_keys(choices),
         )
         batch = self._batch(encoding, units.labels, n_paths, entropy)
-        spreads = [None] * len(choices)
+        calibrated = False
         if n_paths > 1:  # a point forecast's one path is never calibrated
             stationary = [not choice.nonstationary for choice in choices]
-            spreads = Spread.fit_many([choice.validation_errors for choice in choices], stationary)
-        calibrated = any(spread is not None for spread in spreads)
+            spreads = Spreads.fit([choice.validation_errors for choice in choices], stationary)
+            calibrated = bool(spreads.fitted.any())
         if calibrated:
             context_std = np.stack([x.std(axis=0) for x in units.series])  # (U, d), each series' own reduction
             batch = replace(batch, x0=perturbed_starts(batch.x0, encoding, spreads, context_std, entropy))

@@ -47,8 +47,8 @@ def fan(pipeline: DynaMixPipeline, context: np.ndarray, truth: np.ndarray, dim: 
     if spread is not None:
         top = ax.get_ylim()[1]
         for steps, label in ((MATCHED_SPANS, "matched until here"), (MATCHED_SPANS + FADE_SPANS, "own from here")):
-            ax.axvline(steps * spread.horizon - 1, color="gray", ls=":", lw=1)
-            ax.text(steps * spread.horizon - 1, top, label, fontsize="small", va="top", ha="right", rotation=90)
+            ax.axvline(steps * int(spread.horizon[0]) - 1, color="gray", ls=":", lw=1)
+            ax.text(steps * int(spread.horizon[0]) - 1, top, label, fontsize="small", va="top", ha="right", rotation=90)
     ax.legend(loc="lower left", fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -10,7 +10,7 @@ from dynamix_adapters.pipeline import DynaMixPipeline
 from dynamix_adapters.transforms.calibration import (
     FADE_SPANS,
     MATCHED_SPANS,
-    Spread,
+    Spreads,
     match_spreads,
     perturbed_starts,
     robust_spread,
@@ -22,21 +22,29 @@ from dynamix_adapters.transforms.encoding import BatchEncoding
 FIXED = {"preprocessing": "pos_embedding", "nonstationary": False}
 
 
-def _spread(horizon: int = 5) -> Spread:
-    return Spread(a=np.array([0.2]), b=np.array([0.5]), stationary=True, horizon=horizon)
+def _spreads(*units) -> Spreads:
+    """Spreads of one dim from (a, b, stationary, horizon) per unit; None: an unfitted unit."""
+    fitted = [unit is not None for unit in units]
+    a, b, stationary, horizon = zip(*[unit or (1.0, 0.0, True, 1) for unit in units], strict=True)
+    columns = np.array(a)[:, None], np.array(b)[:, None]
+    return Spreads(*columns, np.array(stationary), np.array(horizon), np.array(fitted))
+
+
+def _spread(horizon: int = 5) -> Spreads:
+    return _spreads((0.2, 0.5, True, horizon))
 
 
 def test_the_spread_is_matched_on_the_validated_horizon_and_the_paths_are_left_alone_past_it():
     spread = _spread()
     paths = np.random.default_rng(0).standard_normal((500, 40, 1)).cumsum(axis=1)
-    matched = match_spreads(paths[:, :, None].copy(), [spread], np.array([[3.0]]))[:, :, 0]
+    matched = match_spreads(paths[:, :, None].copy(), spread, np.array([[3.0]]))[:, :, 0]
     own = robust_spread(matched - np.median(matched, axis=0))[:, 0]
-    inside = MATCHED_SPANS * spread.horizon
-    np.testing.assert_allclose(own[:inside], 3.0 * spread.sigma(inside)[:, 0], rtol=1e-9)
-    handed_over = (MATCHED_SPANS + FADE_SPANS) * spread.horizon
+    inside = MATCHED_SPANS * spread.horizon[0]
+    np.testing.assert_allclose(own[:inside], 3.0 * spread.sigma(inside)[:, 0, 0], rtol=1e-9)
+    handed_over = (MATCHED_SPANS + FADE_SPANS) * spread.horizon[0]
     np.testing.assert_array_equal(matched[:, handed_over:], paths[:, handed_over:])
     # In between, each path moves smoothly from its matched to its own deviation.
-    assert np.all(np.abs(np.diff(spread.weight(40)[:, 0])) <= 1 / (FADE_SPANS * spread.horizon) + 1e-12)
+    assert np.all(np.abs(np.diff(spread.weight(40)[:, 0, 0])) <= 1 / (FADE_SPANS * spread.horizon[0]) + 1e-12)
 
 
 def test_start_perturbations_have_the_one_step_error_in_data_scale():
@@ -85,8 +93,8 @@ def test_a_point_forecast_fits_no_spread_and_sample_paths_fit_all_units_in_one_c
     panel = [x, x[:250] * 2, np.cos(np.arange(200) / 5.0)[:, None]]
     pipeline = DynaMixPipeline.from_pretrained(None, random_state=0)
     fits = []
-    real = Spread.fit_many
-    monkeypatch.setattr(Spread, "fit_many", classmethod(lambda cls, e, s: fits.append(len(e)) or real(e, s)))
+    real = Spreads.fit
+    monkeypatch.setattr(Spreads, "fit", classmethod(lambda cls, e, s: fits.append(len(e)) or real(e, s)))
     settings = pipeline.choose_settings(panel)
     pipeline.predict(panel, 12, settings=settings)
     assert fits == [] and all(s.validation_errors is not None for s in settings)
@@ -102,24 +110,27 @@ def test_spreads_fitted_together_equal_the_least_squares_fit_of_each_unit():
     errors = [rng.standard_normal((3, 16, 2)) * 0.2 * steps[None, :, None] ** rng.uniform(0, 1, 2) for _ in range(5)]
     errors[1][0, 3:] = np.nan  # a window that stopped early
     errors += [rng.standard_normal((3, 6, 2)), np.zeros((3, 4, 2)), np.full((3, 5, 2), np.nan), None]
-    together = Spread.fit_many(errors, [True, False] * 4 + [True])
-    for e, fit in zip(errors, together, strict=True):
+    stationary = [True, False] * 4 + [True]
+    together = Spreads.fit(errors, stationary)
+    for u, e in enumerate(errors):
         if e is None or not np.isfinite(e).any():
-            assert fit is None
+            assert not together.fitted[u]
             continue
-        alone = Spread.fit(e, fit.stationary)
-        np.testing.assert_array_equal(alone.a, fit.a)
-        np.testing.assert_array_equal(alone.b, fit.b)
-        assert fit.horizon == e.shape[1]
+        alone = Spreads.fit([e], [stationary[u]])
+        assert together.fitted[u] and alone.fitted[0]
+        np.testing.assert_array_equal(alone.a[0], together.a[u])
+        np.testing.assert_array_equal(alone.b[0], together.b[u])
+        assert together.horizon[u] == e.shape[1]
+        fit = alone
         for d in range(e.shape[2]):
             rms = np.sqrt(np.nanmean(e[:, :, d] ** 2, axis=0))
             ok = rms > 1e-9
             if ok.sum() < 2:
-                assert fit.b[d] == 0.0
+                assert fit.b[0, d] == 0.0
                 continue
             slope = np.clip(np.polyfit(np.log(np.arange(1, e.shape[1] + 1)[ok]), np.log(rms[ok]), 1)[0], 0, 1)
             level = np.sqrt(np.mean(rms[ok] ** 2 / np.arange(1, e.shape[1] + 1)[ok] ** (2 * slope)))
-            assert fit.b[d] == pytest.approx(slope, abs=1e-12) and fit.a[d] == pytest.approx(level, rel=1e-12)
+            assert fit.b[0, d] == pytest.approx(slope, abs=1e-12) and fit.a[0, d] == pytest.approx(level, rel=1e-12)
 
 
 def test_calibration_treats_each_unit_alone():
@@ -128,7 +139,8 @@ def test_calibration_treats_each_unit_alone():
     series = [
         np.sin(np.arange(80 + 7 * k) / (3 + k))[:, None] + 0.05 * rng.standard_normal((80 + 7 * k, 1)) for k in range(5)
     ]
-    spreads = [_spread(4), None, Spread(np.array([0.1]), np.array([0.3]), False, 6), _spread(2), _spread(5)]
+    units = [(0.2, 0.5, True, 4), None, (0.1, 0.3, False, 6), (0.2, 0.5, True, 2), (0.2, 0.5, True, 5)]
+    spreads = _spreads(*units)
     std = np.stack([x.std(axis=0) for x in series])
     fit = dict(standardize=True, model_dims=3, entropy=9)
     together = BatchEncoding.fit(series, ["pos_embedding"] * 5, [False, False, True, False, False], **fit)
@@ -138,10 +150,10 @@ def test_calibration_treats_each_unit_alone():
     matched = match_spreads(paths.copy(), spreads, std)
     for u in (0, 2, 3):
         alone = BatchEncoding.fit([series[u]], ["pos_embedding"], [u == 2], **fit)
-        start = perturbed_starts(np.tile(alone.starts, (7, 1)), alone, [spreads[u]], std[u : u + 1], 9)
+        start = perturbed_starts(np.tile(alone.starts, (7, 1)), alone, _spreads(units[u]), std[u : u + 1], 9)
         np.testing.assert_array_equal(start, starts[:, u])
         np.testing.assert_array_equal(
-            match_spreads(paths[:, :, u : u + 1].copy(), [spreads[u]], std[u : u + 1]), matched[:, :, u : u + 1]
+            match_spreads(paths[:, :, u : u + 1].copy(), _spreads(units[u]), std[u : u + 1]), matched[:, :, u : u + 1]
         )
     np.testing.assert_array_equal(starts[:, 1], np.tile(together.starts[1], (7, 1)))  # uncalibrated: unperturbed
     np.testing.assert_array_equal(matched[:, :, 1], paths[:, :, 1])

@@ -12,7 +12,7 @@ from dynamix_adapters.pipeline import DynaMixPipeline
 from dynamix_adapters.rollout import rollout, seed_entropy
 from dynamix_adapters.systems import lorenz63_trajectory
 from dynamix_adapters.transforms import selection
-from dynamix_adapters.transforms.calibration import Spread, match_spreads, robust_spread
+from dynamix_adapters.transforms.calibration import Spreads, match_spreads, robust_spread
 from dynamix_adapters.transforms.encoding import BatchEncoding
 
 FIXED = {"preprocessing": "pos_embedding", "nonstationary": False}
@@ -168,13 +168,13 @@ def test_validation_in_chunks_chooses_as_in_one(tiny_model, monkeypatch):
 def test_spread_grows_with_the_error_and_saturates_when_stationary():
     steps = np.arange(1, 11)
     errors = np.stack([0.1 * np.sqrt(steps) * sign for sign in (1, -1, 1)])[:, :, None]
-    spread = Spread.fit(errors, stationary=True)
-    np.testing.assert_allclose(spread.b, [0.5], atol=1e-9)
-    np.testing.assert_allclose(spread.sigma(10)[:, 0], 0.1 * np.sqrt(steps), rtol=1e-9)
-    assert spread.sigma(100_000)[-1, 0] == pytest.approx(np.sqrt(2))
+    spread = Spreads.fit([errors], [True])
+    np.testing.assert_allclose(spread.b, [[0.5]], atol=1e-9)
+    np.testing.assert_allclose(spread.sigma(10)[:, 0, 0], 0.1 * np.sqrt(steps), rtol=1e-9)
+    assert spread.sigma(100_000)[-1, 0, 0] == pytest.approx(np.sqrt(2))
     # Paths with a spread of their own get exactly sigma(h) context standard deviations around their median.
     paths = np.random.default_rng(0).standard_normal((2000, 10, 1)).cumsum(axis=1)
-    matched = match_spreads(paths[:, :, None].copy(), [spread], np.array([[2.0]]))[:, :, 0]
+    matched = match_spreads(paths[:, :, None].copy(), spread, np.array([[2.0]]))[:, :, 0]
     np.testing.assert_allclose(np.median(matched, axis=0), np.median(paths, axis=0))
     np.testing.assert_allclose(robust_spread(matched - np.median(matched, axis=0))[:, 0], 0.2 * np.sqrt(steps))
 

@@ -1,7 +1,7 @@
 """Calibrated sample paths that stay trajectories of the model.
 
 The model's sample paths carry only its gating noise, so their spread says little about
-how far a forecast will be off. ``Spread`` learns that from the in-context validation
+how far a forecast will be off. ``Spreads`` learns that from the in-context validation
 windows of :mod:`.selection`: per dim, the root-mean-square error of the validation path
 at each validation step, in units of the context's standard deviation, smoothed by a
 power law ``sigma(h) = a * h**b`` (``0 <= b <= 1``) fitted over all windows and steps at
@@ -57,22 +57,18 @@ START_STREAMS = 2**40
 
 
 @dataclass(frozen=True)
-class Spread:
-    """Forecast error scale sigma(h) = a * h**b per dim, in context standard deviations."""
+class Spreads:
+    """Forecast error scales sigma(h) = a * h**b of U units, per dim, in context standard deviations."""
 
-    a: np.ndarray  # (D,)
-    b: np.ndarray  # (D,)
-    stationary: bool
-    horizon: int = 1  # validation steps the fit saw
-
-    @classmethod
-    def fit(cls, errors: np.ndarray, stationary: bool) -> Spread | None:
-        """errors (K, step, D) standardized validation errors (NaN: missing); None if none are finite."""
-        return cls.fit_many([errors], [stationary])[0]
+    a: np.ndarray  # (U, D)
+    b: np.ndarray  # (U, D)
+    stationary: np.ndarray  # (U,) bool
+    horizon: np.ndarray  # (U,) validation steps each fit saw
+    fitted: np.ndarray  # (U,) bool; False: no finite validation error, the unit's paths stay as the model draws them
 
     @classmethod
-    def fit_many(cls, errors: list, stationary: list) -> list[Spread | None]:
-        """One ``fit`` per unit, as arrays over all units: ``errors`` (U,) of (K, step, D) arrays or None.
+    def fit(cls, errors: list, stationary) -> Spreads:
+        """One fit per unit, as arrays over all units: ``errors`` (U,) of (K, step, D) arrays (NaN: missing) or None.
 
         Units with equally shaped errors are stacked (a handful of shapes), then padded to the
         longest; every sum runs over windows or steps in order, one array operation per
@@ -80,11 +76,17 @@ class Spread:
         The slope is the least-squares line through log(rms) against log(step), in closed form.
         """
         present = [u for u, e in enumerate(errors) if e is not None]
-        fits: list[Spread | None] = [None] * len(errors)
+        shapes = [errors[u].shape for u in present]
+        windows, longest, dims = (max((shape[axis] for shape in shapes), default=1) for axis in range(3))
+        fits = cls(
+            a=np.full((len(errors), dims), SPREAD_FLOOR),
+            b=np.zeros((len(errors), dims)),
+            stationary=np.asarray(stationary, dtype=bool).reshape(len(errors)),
+            horizon=np.ones(len(errors), dtype=np.int64),
+            fitted=np.zeros(len(errors), dtype=bool),
+        )
         if not present:
             return fits
-        shapes = [errors[u].shape for u in present]
-        windows, longest, dims = (max(shape[axis] for shape in shapes) for axis in range(3))
         stacked = np.full((len(present), windows, longest, dims), np.nan)  # (U', K, S, D)
         for shape in set(shapes):  # a few distinct (windows, steps) shapes
             rows = [i for i, other in enumerate(shapes) if other == shape]
@@ -107,23 +109,22 @@ class Spread:
         steps = np.exp(log_step)
         with np.errstate(invalid="ignore", divide="ignore"):
             level = np.sqrt(_masked_sum(ok, np.where(ok, rms, 0.0) ** 2 / steps ** (2 * slope[:, None])) / n)
-        level = np.where(n > 0, level, SPREAD_FLOOR)
-        any_finite = finite.any(axis=(1, 2, 3))
-        for i, u in enumerate(present):  # one object per unit is the result
-            if any_finite[i]:
-                fits[u] = cls(level[i, : shapes[i][2]], slope[i, : shapes[i][2]], bool(stationary[u]), shapes[i][1])
+        fits.a[present] = np.where(n > 0, level, SPREAD_FLOOR)
+        fits.b[present] = slope
+        fits.horizon[present] = [shape[1] for shape in shapes]
+        fits.fitted[present] = finite.any(axis=(1, 2, 3))
         return fits
 
     def sigma(self, horizon: int) -> np.ndarray:
-        """(H, D) error scale in context standard deviations."""
-        steps = np.arange(1, horizon + 1, dtype=float)[:, None]
+        """(H, U, D) error scale in context standard deviations."""
+        steps = np.arange(1, horizon + 1, dtype=float)[:, None, None]
         sigma = self.a * steps**self.b
-        return np.minimum(sigma, SATURATION) if self.stationary else sigma
+        return np.where(self.stationary[:, None], np.minimum(sigma, SATURATION), sigma)
 
     def weight(self, horizon: int) -> np.ndarray:
-        """(H, 1) how much of the matched spread step h gets: 1, then linearly down to 0 (the model's own)."""
-        steps = np.arange(1, horizon + 1, dtype=float)[:, None]
-        matched, fade = MATCHED_SPANS * self.horizon, FADE_SPANS * self.horizon
+        """(H, U, 1) how much of the matched spread step h gets: 1, then linearly down to 0 (the model's own)."""
+        steps = np.arange(1, horizon + 1, dtype=float)[:, None, None]
+        matched, fade = MATCHED_SPANS * self.horizon[:, None], FADE_SPANS * self.horizon[:, None]
         return np.clip((matched + fade - steps) / fade, 0.0, 1.0)
 
 
@@ -139,20 +140,20 @@ def _masked_sum(mask: np.ndarray, values: np.ndarray) -> np.ndarray:
     return total
 
 
-def match_spreads(paths: np.ndarray, spreads: list, context_std: np.ndarray) -> np.ndarray:
+def match_spreads(paths: np.ndarray, spreads: Spreads, context_std: np.ndarray) -> np.ndarray:
     """paths (P, H, U, D) in data scale -> the same paths, each unit's spread sigma(h) * context_std around the median.
 
-    ``spreads`` (U,) holds each unit's Spread, or None to leave its paths as they are;
-    ``context_std`` (U, D). Only on each unit's matched horizon (``Spread.weight``); past it
+    ``spreads`` fits the U units (those not ``fitted`` keep their paths as they are);
+    ``context_std`` (U, D). Only on each unit's matched horizon (``Spreads.weight``); past it
     the paths are left bit for bit. Every operation is elementwise or a median over the
     paths, so a unit's result does not depend on the other units. Writes into ``paths``.
     """
-    calibrated = [u for u, spread in enumerate(spreads) if spread is not None]
-    if not calibrated:
+    calibrated = np.nonzero(spreads.fitted)[0]
+    if not len(calibrated):
         return paths
-    horizon = paths.shape[1]
-    sigma = np.stack([spreads[u].sigma(horizon) for u in calibrated], axis=1)  # (H, C, D)
-    weight = np.stack([spreads[u].weight(horizon) for u in calibrated], axis=1)  # (H, C, 1)
+    horizon, dims = paths.shape[1], paths.shape[3]
+    sigma = spreads.sigma(horizon)[:, calibrated, :dims]  # (H, C, D)
+    weight = spreads.weight(horizon)[:, calibrated]  # (H, C, 1)
     std = context_std[calibrated]
     target = sigma * np.where(std > 0, std, 0.0)  # (H, C, D)
     chosen = paths[:, :, calibrated]  # (P, H, C, D)
@@ -202,23 +203,21 @@ def start_offsets(data_scale: np.ndarray, sensitivity: np.ndarray, normals: np.n
 
 
 def perturbed_starts(
-    x0: np.ndarray, encoding: BatchEncoding, spreads: list, context_std: np.ndarray, entropy: int
+    x0: np.ndarray, encoding: BatchEncoding, spreads: Spreads, context_std: np.ndarray, entropy: int
 ) -> np.ndarray:
     """x0 (P*U, N) path-major starts of the encoding's U units -> each calibrated unit's paths perturbed.
 
-    ``spreads`` (U,) holds each unit's Spread, or None to leave its paths at the observed start;
+    ``spreads`` fits the U units (those not ``fitted`` keep their paths at the observed start);
     ``context_std`` (U, D). The normals come from the counter-based streams of paths
     ``START_STREAMS + p`` of each unit (keyed by the seed and the unit's values, like its
     gating noise, but never one of its rollout paths' streams), so batching never changes
     them and path p gets the same offset whatever the number of paths.
     """
-    calibrated = np.array([spread is not None for spread in spreads])
-    if not calibrated.any():
+    if not spreads.fitted.any():
         return x0
     n_units, dims = len(encoding.keys), context_std.shape[1]
     n_paths = len(x0) // n_units
-    one_step = np.zeros((n_units, dims))
-    one_step[calibrated] = np.stack([spread.sigma(1)[0] for spread in spreads if spread is not None])
+    one_step = np.where(spreads.fitted[:, None], spreads.sigma(1)[0, :, :dims], 0.0)  # (U, D)
     keys = stream_keys(entropy, list(encoding.keys), n_paths, first_path=START_STREAMS)
     normals = standard_normals(keys, 0, 1, dims).reshape(n_paths, n_units, dims)
     offsets = start_offsets(one_step * context_std, start_sensitivity(encoding), normals)  # (P, U, D)

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..options import AUTO, ForecastOptions
 from ..rollout import content_key, diverged_steps, rollout
-from .calibration import Spread
+from .calibration import Spreads
 from .encoding import BatchEncoding
 from .preprocessing import EMBEDDINGS, min_context_length
 
@@ -72,7 +72,7 @@ class Selection:
     ...) to its validation MASE (inf: diverged). ``windows`` is 0 when the context was too
     short to validate: the defaults (``pos_embedding``, stationary) are used, uncalibrated.
     ``validation_errors`` (windows, step, D) are the chosen candidate's standardized errors,
-    from which a forecast of sample paths fits the spread (``Spread.fit_many``, all units
+    from which a forecast of sample paths fits the spread (``Spreads.fit``, all units
     at once; a point forecast never does); None leaves the sample paths uncalibrated.
     ``spread`` is that fit for this series alone.
     """
@@ -88,11 +88,12 @@ class Selection:
     dims: tuple[Selection, ...] = ()  # a series forecast dim by dim: each dim's own Selection
 
     @functools.cached_property
-    def spread(self) -> Spread | None:
-        """The calibration's error scale per horizon step, as a forecast fits it; None: uncalibrated."""
+    def spread(self) -> Spreads | None:
+        """The calibration's error scale per horizon step, as a forecast fits it (one unit); None: uncalibrated."""
         if self.validation_errors is None:
             return None
-        return Spread.fit(self.validation_errors, stationary=not self.nonstationary)
+        spreads = Spreads.fit([self.validation_errors], [not self.nonstationary])
+        return spreads if spreads.fitted[0] else None
 
     @classmethod
     def per_dim(cls, dims: list[Selection]) -> Selection:
