@@ -169,6 +169,7 @@ def test_shipped_config_follows_the_authors_recipe():
     assert (config.learning_rate, config.final_learning_rate) == (5e-3, 1e-5)
     assert (config.context_length, config.sequence_length, config.sequence_offset) == (500, 100, 450)
     assert config.corpus.points_per_period == (50, 50) and config.corpus.systems is None
+    assert config.corpus.corpus_densities == (50, 100)  # the authors' density, and twice as fine
     assert config.detach_query and config.initialization == "authors"
     # At least the authors' data volume: 1.6 M sequences.
     assert config.total_updates * config.batch_size >= 1_600_000
