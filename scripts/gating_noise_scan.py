@@ -6,7 +6,7 @@ per period, context 1,000, horizon 10,000, forecast seeds 0-2; per system the me
 seeds, then the median over systems (the protocol of ``benchmarks/bench_weights.py``'s
 held-out group). Trajectories are cached in ``--cache``.
 
-    DYNAMIX_MODEL_DIR=../shared/models python scripts/gating_noise_scan.py --weights dynamix-3d-adapters-v0.4
+    DYNAMIX_MODEL_DIR=../shared/models python scripts/gating_noise_scan.py  # the bundled default
     DYNAMIX_MODEL_DIR=../shared/models python scripts/gating_noise_scan.py --weights dynamix-3d-alrnn-v1.0
 """
 
@@ -28,6 +28,7 @@ from bench_weights import score
 
 from dynamix_adapters import load_model
 from dynamix_adapters.training.corpus import CorpusConfig, generate_trajectory, training_systems
+from dynamix_adapters.weights import BUNDLED_MODEL
 
 CONTEXT, HORIZON, DATA_SEED, SEEDS = 1000, 10_000, 7, (0, 1, 2)
 
@@ -50,7 +51,7 @@ def validation_cases(cache: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default="dynamix-3d-adapters-v0.4")
+    parser.add_argument("--weights", default=BUNDLED_MODEL)
     parser.add_argument("--factors", type=float, nargs="+", default=[0.8, 1.0, 1.25, 1.5, 2.0, 3.0])
     parser.add_argument("--cache", type=Path, default=Path("outputs/gating-noise-cases.npz"))
     args = parser.parse_args()
