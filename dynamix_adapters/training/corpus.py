@@ -170,6 +170,11 @@ class CorpusConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"CorpusConfig.{name} must be >= 1, got {getattr(self, name)}")
 
+    @property
+    def densities(self) -> tuple[int, ...]:
+        """Points per period of the corpus trajectories, first the one a trajectory gets by default."""
+        return self.corpus_densities or (self.points_per_period[0],)
+
 
 @dataclass(frozen=True)
 class Corpus:
@@ -212,8 +217,7 @@ def build_corpus(config: CorpusConfig) -> Corpus:
     forbidden = set(HELD_OUT_SYSTEMS) | {s for s in names if any(f in s.lower() for f in EXCLUDED_NAME_FRAGMENTS)}
     if forbidden & set(names):
         raise ValueError(f"The corpus may not contain held-out or test systems: {sorted(forbidden & set(names))}")
-    densities = config.corpus_densities or (config.points_per_period[0],)
-    jobs = [(entry, config, density) for entry in entries for density in densities]
+    jobs = [(entry, config, density) for entry in entries for density in config.densities]
     with ProcessPoolExecutor(config.workers) if config.workers > 1 else _Inline() as pool:
         results = list(pool.map(_corpus_job, jobs))
         validation = list(pool.map(_validation_job, [(name, config) for name in validation_systems()]))
@@ -274,7 +278,7 @@ def corpus_trajectory(entry: str, config: CorpusConfig, density: int | None = No
     """The standardized (trajectory_length, 3) corpus trajectory of ``entry``; None if it does not stay bounded.
 
     As the authors did: dysts' default initial condition without perturbation, a fixed
-    sampling density (``density``; None: the lower end of ``points_per_period``), standardized per dim over
+    sampling density (``density``; None: the config's first, ``CorpusConfig.densities``), standardized per dim over
     the whole trajectory. A short transient is dropped in case the default start lies
     off the attractor.
     """
@@ -285,7 +289,7 @@ def corpus_trajectory(entry: str, config: CorpusConfig, density: int | None = No
     if unknown:
         raise ValueError(f"{name} has no parameter(s) {unknown}; it has {sorted(system.params)}")
     system.transform_params(lambda key, value, system: np.asarray(overrides.get(key, value)))
-    density = density or config.points_per_period[0]
+    density = config.densities[0] if density is None else density
     transient = int(config.transient_periods * density)
     raw = _integrate(system, np.asarray(system.ic, dtype=np.float64), transient + config.trajectory_length, density)
     return None if raw is None else _standardized(raw[transient:])
