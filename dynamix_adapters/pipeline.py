@@ -261,11 +261,11 @@ class DynaMixPipeline:
             keys=_chosen_keys(choices),
         )
         batch = self._batch(encoding, units.labels, n_paths, entropy)
-        calibrated = False
-        if n_paths > 1:  # a point forecast's one path is never calibrated
+        spreads = None  # a point forecast's one path is never calibrated
+        if n_paths > 1:
             stationary = [not choice.nonstationary for choice in choices]
             spreads = Spreads.fit([choice.validation_errors for choice in choices], stationary)
-            calibrated = bool(spreads.fitted.any())
+        calibrated = spreads is not None and bool(spreads.fitted.any())
         if calibrated:
             context_std = np.stack([x.std(axis=0) for x in units.series])  # (U, d), each series' own reduction
             batch = replace(batch, x0=perturbed_starts(batch.x0, encoding, spreads, context_std, entropy))
