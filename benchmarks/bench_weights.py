@@ -346,8 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|" + "---|" * len(models))
         for key in prints["official"]:
             print(f"| {key} | " + " | ".join(prints[label][key] for label in models) + " |")
-        print("\n| case | " + " | ".join(f"{label} D_stsp" for label in models))
-        print("| " + " | ".join(f"{label} D_H" for label in models) + " | in authors' corpus |")
+        d_stsp_columns = " | ".join(f"{label} D_stsp" for label in models)
+        d_h_columns = " | ".join(f"{label} D_H" for label in models)
+        print(f"\n| case | {d_stsp_columns} | {d_h_columns} | in authors' corpus |")
         print("|---|" + "---|" * (2 * len(models) + 1))
         for name in results["official"]:
             d_stsp = " | ".join(f"{results[label][name]['D_stsp']:.3f}" for label in models)

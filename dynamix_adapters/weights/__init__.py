@@ -47,9 +47,9 @@ class WeightSet:
 
 
 OFFICIAL_MODEL = "dynamix-3d-alrnn-v1.0"
-BUNDLED_MODEL = "dynamix-3d-adapters-v0.5"
+BUNDLED_MODEL = "dynamix-3d-adapters-v0.6"
 # Earlier bundled weights stay loadable by name, so a pinned forecast still reproduces.
-PREVIOUS_BUNDLED_MODELS = ("dynamix-3d-adapters-v0.4", "dynamix-3d-adapters-v0.3")
+PREVIOUS_BUNDLED_MODELS = ("dynamix-3d-adapters-v0.5", "dynamix-3d-adapters-v0.4", "dynamix-3d-adapters-v0.3")
 REGISTRY: dict[str, WeightSet] = {
     OFFICIAL_MODEL: WeightSet(
         name=OFFICIAL_MODEL,
