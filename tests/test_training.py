@@ -269,6 +269,30 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, tiny_config, corpus_
         assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [1, 2, 3, 4]
 
 
+def test_warmup_ramps_the_rate_up_then_decays_it_and_resumes_bit_for_bit(tmp_path, tiny_config, corpus_cache):
+    from dataclasses import replace
+
+    config = replace(tiny_config, warmup_epochs=2)
+    straight = Trainer(config, tmp_path / "straight", cache_dir=corpus_cache)
+    assert math.isclose(straight.optimizer.param_groups[0]["lr"], config.learning_rate / 10)
+    straight.run(progress=False)
+    with (tmp_path / "straight" / LOG_NAME).open() as handle:
+        rates = [float(row["learning_rate"]) for row in csv.DictReader(handle)]
+    gamma = (config.final_learning_rate / config.learning_rate) ** (1 / config.epochs)
+    # After epoch e the ramp is at 0.1 + 0.9 * min(e, 2) / 2 of the decayed rate.
+    expected = [config.learning_rate * gamma**epoch * (0.1 + 0.9 * min(epoch, 2) / 2) for epoch in (1, 2, 3, 4)]
+    assert rates == pytest.approx(expected, rel=1e-6)
+
+    split = Trainer(config, tmp_path / "split", cache_dir=corpus_cache)
+    split.run(progress=False, until_epoch=1)  # stops inside the ramp
+    resumed = Trainer(config, tmp_path / "split", cache_dir=corpus_cache)
+    resumed.run(resume=True, progress=False)
+    for key, value in final_state(straight).items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        replace(tiny_config, warmup_epochs=4)
+
+
 def test_resume_refuses_a_different_config(tmp_path, tiny_config, corpus_cache):
     from dataclasses import replace
 
