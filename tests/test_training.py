@@ -270,8 +270,6 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, tiny_config, corpus_
 
 
 def test_warmup_ramps_the_rate_up_then_decays_it_and_resumes_bit_for_bit(tmp_path, tiny_config, corpus_cache):
-    from dataclasses import replace
-
     config = replace(tiny_config, warmup_epochs=2)
     straight = Trainer(config, tmp_path / "straight", cache_dir=corpus_cache)
     assert math.isclose(straight.optimizer.param_groups[0]["lr"], config.learning_rate / 10)
@@ -319,6 +317,22 @@ def test_command_trains_and_exports_loadable_weights(tmp_path, corpus_cache):
     trained = load_model(tmp_path / "run" / "tiny.safetensors")
     for key, value in model.state_dict().items():
         assert torch.equal(value, trained.state_dict()[key]), key
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("name=ablation", "quote strings"),
+        ("training.epochs", "expected SECTION.KEY=VALUE"),
+        ("training.epoch=3000", "Unknown key"),
+        ("training.warmup_epochs=-1", "warmup_epochs"),
+    ],
+)
+def test_command_names_a_bad_override_without_a_traceback(override, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(shipped_config()), "--set", override])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_official_model_stays_registered():

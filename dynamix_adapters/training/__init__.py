@@ -97,20 +97,32 @@ def config_with_overrides(path: Path, overrides: list[str]) -> TrainingConfig:
     """
     data = tomllib.loads(Path(path).read_text())
     for override in overrides:
-        key, _, value = override.partition("=")
+        key, equals, value = override.partition("=")
+        if not equals:
+            raise ValueError(f"--set {override!r}: expected SECTION.KEY=VALUE, e.g. training.epochs=3000")
+        try:
+            parsed = tomllib.loads(f"value = {value}")["value"]
+        except tomllib.TOMLDecodeError:
+            raise ValueError(
+                f"--set {override!r}: {value!r} is not a TOML value; quote strings, e.g. name='ablation'"
+            ) from None
         *sections, leaf = key.strip().split(".")
         table = data
         for section in sections:
             table = table.setdefault(section, {})
-        table[leaf] = tomllib.loads(f"value = {value}")["value"]
+        table[leaf] = parsed
     return TrainingConfig.from_dict(data)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``dynamix-adapters train``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = TrainingConfig.from_toml(args.config) if not args.set else config_with_overrides(args.config, args.set)
+    try:
+        config = TrainingConfig.from_toml(args.config) if not args.set else config_with_overrides(args.config, args.set)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        parser.error(str(err))
     output = args.output or Path("outputs") / "training" / config.name
     trainer = Trainer(config, output, cache_dir=args.cache_dir)
     weights = trainer.run(resume=args.resume, progress=not args.no_progress, until_epoch=args.until_epoch)
