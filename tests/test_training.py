@@ -175,6 +175,13 @@ def test_shipped_config_follows_the_authors_recipe():
     assert config.detach_query and config.initialization == "authors"
 
 
+def test_every_packaged_config_loads_and_is_named_after_its_file():
+    configs = sorted(shipped_config().parent.glob("*.toml"))
+    assert len(configs) >= 6  # v0.3-v0.6 and the ablations
+    for path in configs:
+        assert TrainingConfig.from_toml(path).name == path.stem, path.name
+
+
 def test_batches_are_windows_with_a_clean_context_and_a_noisy_overlapping_sequence(tiny_config):
     from dataclasses import replace
 
