@@ -11,9 +11,10 @@ and the loss is the MSE on the observed dims plus
 detached z (``detach_query``), each parameter array's gradient is clipped to norm
 ``gradient_clip`` on its own, and RAdam's learning rate decays exponentially from
 ``learning_rate`` to ``final_learning_rate`` over the run, once per epoch. With
-``warmup_epochs`` the rate also ramps up linearly from a tenth over those first epochs,
-where without it 4 of 9 runs of v0.5's recipe and its variants rolled back early, near
-the peak rate.
+``warmup_epochs`` the rate also ramps up linearly from a tenth over those first epochs.
+It was tried against the early rollbacks of v0.5's recipe (4 of 9 runs rolled back near
+the peak rate); over three seeds it neither prevented them nor helped the benchmark
+(v0.6 model card), so no shipped recipe uses it.
 
 The forward and backward pass run either as one compiled kernel (``backend =
 "fused"``, see ``fused.py``) or with torch autograd (``"torch"``, the reference).
